@@ -1,0 +1,21 @@
+//! Kafka wire format for Sluice.
+//!
+//! - [`frame`]: the size-prefixed frame codec and the request/response envelopes (request
+//!   header v0–v2, response header v0–v1) around the `kafka-protocol` message codecs.
+//! - [`record_batch`]: a zero-copy view of a RecordBatch v2 header (validation, CRC32C,
+//!   base-offset rewrite) that never decodes individual records.
+//!
+//! Architecture invariant: this crate knows nothing of executors, sockets or files; it maps
+//! bytes to values and back. Kafka error codes are chosen by `broker/`, not here.
+
+pub mod alloc;
+pub mod frame;
+pub mod record_batch;
+
+pub use kafka_protocol;
+
+// The codec tests feed hostile lengths to the decoders, so they need the same allocator the
+// broker runs with.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: alloc::GuardedAlloc = alloc::GuardedAlloc;
