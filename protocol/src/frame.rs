@@ -101,13 +101,14 @@ pub fn parse_request(frame: Bytes) -> Result<RequestEnvelope, FrameError> {
     })?;
     let header_version = api_key.request_header_version(api_version);
     let mut rest = frame;
-    let header = guarded(|| RequestHeader::decode(&mut rest, header_version)).map_err(|reason| {
-        FrameError::BadHeader {
-            api_key,
-            api_version,
-            reason,
-        }
-    })?;
+    let header =
+        guarded(|| RequestHeader::decode(&mut rest, header_version)).map_err(|reason| {
+            FrameError::BadHeader {
+                api_key,
+                api_version,
+                reason,
+            }
+        })?;
     Ok(RequestEnvelope {
         api_key,
         api_version,
@@ -166,7 +167,9 @@ pub fn encode_response(
     header.correlation_id = correlation_id;
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
-    header.encode(&mut buf, header_version).map_err(encode_err)?;
+    header
+        .encode(&mut buf, header_version)
+        .map_err(encode_err)?;
     body.encode(&mut buf, api_version).map_err(encode_err)?;
     let length = (buf.len() - FRAME_PREFIX_BYTES) as i32;
     buf[0..4].copy_from_slice(&length.to_be_bytes());

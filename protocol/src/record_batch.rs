@@ -31,7 +31,7 @@ pub const BATCH_LENGTH_PREFIX_BYTES: usize = 12;
 const CRC_START: usize = 21;
 
 /// Why a byte range is not a valid v2 record batch.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum BatchError {
     #[error("batch truncated: need {needed} bytes, have {available}")]
     Truncated { needed: usize, available: usize },
@@ -41,6 +41,8 @@ pub enum BatchError {
     UnsupportedMagic { magic: i8 },
     #[error("CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
+    #[error("batch base offset {found} where {expected} was expected")]
+    UnexpectedBaseOffset { expected: i64, found: i64 },
     #[error("record count {records_count} does not match last offset delta {last_offset_delta}")]
     BadRecordCount {
         records_count: i32,

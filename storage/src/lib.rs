@@ -1,1 +1,24 @@
+//! The per-partition log of Sluice.
+//!
+//! A [`Log`] is a directory of [`segment::LogSegment`]s named by base offset. Record batches
+//! are stored exactly as produced (after base-offset assignment), written with direct I/O
+//! through glommio's `DmaFile`, indexed by a sparse [`index::OffsetIndex`] and
+//! [`index::TimeIndex`], and made durable by the shard's [`GroupCommit`] task, which writes
+//! and fdatasyncs every dirty log once per round for all appends that arrived meanwhile.
+//!
+//! Architecture invariant: storage never chooses Kafka error codes and never reads the clock;
+//! callers pass `now_ms`.
 
+pub mod config;
+pub mod error;
+pub mod group_commit;
+pub mod index;
+pub mod log;
+pub mod offset;
+pub mod segment;
+
+pub use config::LogConfig;
+pub use error::StorageError;
+pub use group_commit::GroupCommit;
+pub use log::{AppendInfo, Log, ReadInfo};
+pub use offset::Offset;

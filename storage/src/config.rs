@@ -1,0 +1,31 @@
+//! Per-log settings (Kafka topic-config names in the doc of each field).
+
+/// How a log lays out and rolls its segments.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll to a new segment before one would grow past this.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll when the active segment's first append is older than this.
+    pub segment_ms: u64,
+    /// `index.interval.bytes`: bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// `log.preallocate.bytes` (Sluice): fallocate the active segment in steps of this.
+    pub preallocate_bytes: u64,
+    /// `log.write.buffer.bytes` (Sluice): size of one aligned write buffer.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+            preallocate_bytes: 32 << 20,
+            write_buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Hard ceiling on a segment's size: index entries store positions as u32.
+pub const SEGMENT_BYTES_MAX: u64 = (1 << 31) - 1;

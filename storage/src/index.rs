@@ -1,0 +1,247 @@
+//! Sparse indexes of one segment, kept in memory and persisted beside the data file.
+//!
+//! `.index` (OffsetIndex): a sequence of 8-byte entries, big-endian,
+//! `relative_offset: u32` (offset − segment base offset) then `position: u32` (byte position
+//! of the batch in the `.log` file). One entry for the first batch of the segment and then
+//! about every `index.interval.bytes`. Entries strictly increase in both fields.
+//!
+//! `.timeindex` (TimeIndex): a sequence of 12-byte entries, big-endian,
+//! `timestamp: i64` (largest batch max-timestamp so far) then `relative_offset: u32` (the
+//! base offset of the batch that carried it). Timestamps strictly increase.
+//!
+//! Both files are written whole (write to `.tmp`, fsync, rename) when a segment is sealed
+//! and on clean shutdown. On startup a file that is missing, of a size that is not a
+//! multiple of its entry size, not monotonic, or that points past the segment's data is
+//! ignored and the index is rebuilt by scanning the segment.
+
+use std::io::Write;
+use std::path::Path;
+
+pub const OFFSET_ENTRY_BYTES: usize = 8;
+pub const TIME_ENTRY_BYTES: usize = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeEntry {
+    pub timestamp: i64,
+    pub relative_offset: u32,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct OffsetIndex {
+    entries: Vec<OffsetEntry>,
+}
+
+impl OffsetIndex {
+    pub fn push(&mut self, entry: OffsetEntry) {
+        if let Some(last) = self.entries.last() {
+            assert!(entry.relative_offset > last.relative_offset && entry.position > last.position);
+        }
+        self.entries.push(entry);
+    }
+
+    /// The last entry at or before `relative_offset`, or the segment start.
+    pub fn lookup(&self, relative_offset: u32) -> OffsetEntry {
+        let i = self
+            .entries
+            .partition_point(|e| e.relative_offset <= relative_offset);
+        if i == 0 {
+            OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            }
+        } else {
+            self.entries[i - 1]
+        }
+    }
+
+    pub fn entries(&self) -> &[OffsetEntry] {
+        &self.entries
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * OFFSET_ENTRY_BYTES);
+        for e in &self.entries {
+            out.extend_from_slice(&e.relative_offset.to_be_bytes());
+            out.extend_from_slice(&e.position.to_be_bytes());
+        }
+        out
+    }
+
+    /// Decodes and checks an index file's bytes against the segment's data size.
+    pub fn decode(bytes: &[u8], data_bytes: u64) -> Option<OffsetIndex> {
+        if bytes.len() % OFFSET_ENTRY_BYTES != 0 {
+            return None;
+        }
+        let mut index = OffsetIndex::default();
+        for chunk in bytes.chunks_exact(OFFSET_ENTRY_BYTES) {
+            let e = OffsetEntry {
+                relative_offset: u32::from_be_bytes(chunk[0..4].try_into().ok()?),
+                position: u32::from_be_bytes(chunk[4..8].try_into().ok()?),
+            };
+            if let Some(last) = index.entries.last() {
+                if e.relative_offset <= last.relative_offset || e.position <= last.position {
+                    return None;
+                }
+            }
+            if e.position as u64 >= data_bytes {
+                return None;
+            }
+            index.entries.push(e);
+        }
+        Some(index)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct TimeIndex {
+    entries: Vec<TimeEntry>,
+}
+
+impl TimeIndex {
+    /// Records `timestamp` if it is larger than every earlier one.
+    pub fn maybe_push(&mut self, entry: TimeEntry) {
+        match self.entries.last() {
+            Some(last) if entry.timestamp <= last.timestamp => {}
+            _ => self.entries.push(entry),
+        }
+    }
+
+    /// Largest timestamp indexed so far.
+    pub fn max_timestamp(&self) -> Option<i64> {
+        self.entries.last().map(|e| e.timestamp)
+    }
+
+    /// The relative offset from which to scan for the first batch with a timestamp at or
+    /// after `timestamp`: the entry before the first entry that reaches it.
+    pub fn scan_start(&self, timestamp: i64) -> Option<u32> {
+        let i = self.entries.partition_point(|e| e.timestamp < timestamp);
+        if i == self.entries.len() {
+            return None;
+        }
+        Some(if i == 0 {
+            0
+        } else {
+            self.entries[i - 1].relative_offset
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * TIME_ENTRY_BYTES);
+        for e in &self.entries {
+            out.extend_from_slice(&e.timestamp.to_be_bytes());
+            out.extend_from_slice(&e.relative_offset.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<TimeIndex> {
+        if bytes.len() % TIME_ENTRY_BYTES != 0 {
+            return None;
+        }
+        let mut index = TimeIndex::default();
+        for chunk in bytes.chunks_exact(TIME_ENTRY_BYTES) {
+            let e = TimeEntry {
+                timestamp: i64::from_be_bytes(chunk[0..8].try_into().ok()?),
+                relative_offset: u32::from_be_bytes(chunk[8..12].try_into().ok()?),
+            };
+            if let Some(last) = index.entries.last() {
+                if e.timestamp <= last.timestamp || e.relative_offset < last.relative_offset {
+                    return None;
+                }
+            }
+            index.entries.push(e);
+        }
+        Some(index)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_lookup_finds_floor_entry() {
+        let mut idx = OffsetIndex::default();
+        idx.push(OffsetEntry {
+            relative_offset: 10,
+            position: 4096,
+        });
+        idx.push(OffsetEntry {
+            relative_offset: 20,
+            position: 8192,
+        });
+        assert_eq!(idx.lookup(5).position, 0);
+        assert_eq!(idx.lookup(10).position, 4096);
+        assert_eq!(idx.lookup(19).position, 4096);
+        assert_eq!(idx.lookup(1000).position, 8192);
+        let round = OffsetIndex::decode(&idx.encode(), 10_000).unwrap();
+        assert_eq!(round.entries(), idx.entries());
+    }
+
+    #[test]
+    fn corrupt_offset_index_is_rejected() {
+        let mut idx = OffsetIndex::default();
+        idx.push(OffsetEntry {
+            relative_offset: 1,
+            position: 100,
+        });
+        idx.push(OffsetEntry {
+            relative_offset: 2,
+            position: 200,
+        });
+        let bytes = idx.encode();
+        assert!(
+            OffsetIndex::decode(&bytes[..7], 1000).is_none(),
+            "ragged size"
+        );
+        assert!(
+            OffsetIndex::decode(&bytes, 150).is_none(),
+            "points past data"
+        );
+        let mut swapped = bytes[8..].to_vec();
+        swapped.extend_from_slice(&bytes[..8]);
+        assert!(
+            OffsetIndex::decode(&swapped, 1000).is_none(),
+            "not monotonic"
+        );
+    }
+
+    #[test]
+    fn time_index_scan_start() {
+        let mut t = TimeIndex::default();
+        t.maybe_push(TimeEntry {
+            timestamp: 100,
+            relative_offset: 0,
+        });
+        t.maybe_push(TimeEntry {
+            timestamp: 90,
+            relative_offset: 5,
+        });
+        t.maybe_push(TimeEntry {
+            timestamp: 200,
+            relative_offset: 10,
+        });
+        assert_eq!(t.scan_start(50), Some(0));
+        assert_eq!(t.scan_start(150), Some(0));
+        assert_eq!(t.scan_start(200), Some(0));
+        assert_eq!(t.scan_start(201), None);
+        assert_eq!(TimeIndex::decode(&t.encode()).unwrap().entries.len(), 2);
+    }
+}

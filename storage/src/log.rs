@@ -1,0 +1,795 @@
+//! A partition's log: an ordered set of segments, the write path and the read path.
+//!
+//! Write path. [`Log::append`] validates every batch (header, CRC32C) before it touches the
+//! log, assigns offsets by rewriting each batch's base offset in place while copying it into
+//! an aligned write buffer, updates the in-memory indexes, and registers the log with the
+//! shard's [`GroupCommit`]. The group-commit task later takes all buffered bytes of the log,
+//! writes them with direct I/O, fdatasyncs, and only then advances the durable offset and
+//! wakes every waiter ([`Log::wait_durable`]). The partial last 512-byte block stays in the
+//! next buffer and is rewritten with the following data.
+//!
+//! Read path. [`Log::read`] serves only durable bytes: the index finds a position at or
+//! before the wanted offset, whole batches are read from the file and returned as stored.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use event_listener::{Event, EventListener};
+use glommio::io::{DmaBuffer, DmaFile};
+use glommio::sync::Semaphore;
+use protocol::record_batch::{
+    set_base_offset, set_partition_leader_epoch, BatchIter, RecordBatchView,
+};
+
+use crate::config::SEGMENT_BYTES_MAX;
+use crate::error::{Result, StorageError};
+use crate::group_commit::GroupCommit;
+use crate::segment::{align_down, align_up, segment_file_name, LogSegment};
+use crate::{LogConfig, Offset};
+
+/// Bytes read at least per step of a fetch scan.
+const READ_WINDOW_MIN_BYTES: usize = 64 << 10;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    /// Offset after the appended batches: durable once `wait_durable(end_offset)` returns.
+    pub end_offset: Offset,
+    pub log_start_offset: Offset,
+}
+
+/// Result of a read.
+#[derive(Debug, Clone)]
+pub struct ReadInfo {
+    /// Whole batches as stored, possibly empty.
+    pub records: Bytes,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
+}
+
+/// An aligned buffer of bytes destined for one segment file.
+struct WriteBuffer {
+    segment_base: Offset,
+    file: Rc<DmaFile>,
+    /// File position of `buf[0]`, a multiple of the block size.
+    file_pos: u64,
+    buf: DmaBuffer,
+    /// Bytes of `buf` holding data.
+    len: usize,
+    /// Bytes of `buf` already handed to the group commit (the carried-over tail block).
+    handed_len: usize,
+    end_offset: Offset,
+}
+
+impl WriteBuffer {
+    fn new(segment: &LogSegment, capacity: usize, tail: &[u8], file_pos: u64) -> WriteBuffer {
+        let capacity = align_up(capacity.max(tail.len() + 1) as u64) as usize;
+        let mut buf = segment.file.alloc_dma_buffer(capacity);
+        buf.as_bytes_mut()[..tail.len()].copy_from_slice(tail);
+        WriteBuffer {
+            segment_base: segment.base_offset,
+            file: segment.file.clone(),
+            file_pos,
+            buf,
+            len: tail.len(),
+            handed_len: tail.len(),
+            end_offset: segment.next_offset,
+        }
+    }
+
+    fn room(&self) -> usize {
+        self.buf.len() - self.len
+    }
+
+    fn data_end(&self) -> u64 {
+        self.file_pos + self.len as u64
+    }
+}
+
+/// Sealed bytes waiting to be written.
+struct PendingWrite {
+    segment_base: Offset,
+    file: Rc<DmaFile>,
+    file_pos: u64,
+    buf: DmaBuffer,
+    data_end: u64,
+    end_offset: Offset,
+}
+
+struct LogInner {
+    segments: BTreeMap<i64, LogSegment>,
+    log_start_offset: Offset,
+    next_offset: Offset,
+    durable_offset: Offset,
+    write: Option<WriteBuffer>,
+    pending: VecDeque<PendingWrite>,
+    dirty: bool,
+    failed: bool,
+    closed: bool,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    inner: RefCell<LogInner>,
+    append_lock: Semaphore,
+    durable: Event,
+    commit: Rc<GroupCommit>,
+}
+
+impl Log {
+    /// Opens (recovering) or creates the log in `dir`.
+    pub async fn open(dir: &Path, config: LogConfig, commit: Rc<GroupCommit>) -> Result<Rc<Log>> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create log dir", dir, e))?;
+        crate::segment::prime_iopoll_probe(dir).await?;
+        let mut bases = Vec::new();
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| StorageError::io("list log dir", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("list log dir", dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".log") {
+                if let Ok(base) = stem.parse::<i64>() {
+                    bases.push(base);
+                }
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = BTreeMap::new();
+        for (i, base) in bases.iter().enumerate() {
+            let path = dir.join(segment_file_name(Offset(*base), "log"));
+            let is_last = i + 1 == bases.len();
+            let seg =
+                LogSegment::open(path, Offset(*base), config.index_interval_bytes, is_last).await?;
+            segments.insert(*base, seg);
+        }
+        if segments.is_empty() {
+            let seg = LogSegment::create(dir, Offset(0)).await?;
+            segments.insert(0, seg);
+        }
+        let log_start_offset = Offset(*segments.keys().next().expect("one segment"));
+        let last = segments.values().next_back().expect("one segment");
+        let next_offset = last.next_offset;
+        let tail_pos = align_down(last.size_bytes);
+        let tail_len = (last.size_bytes - tail_pos) as usize;
+        let tail = if tail_len > 0 {
+            let r = last
+                .file
+                .read_at_aligned(tail_pos, crate::segment::BLOCK_BYTES as usize)
+                .await
+                .map_err(|e| StorageError::io("read tail block", &last.path, e))?;
+            r[..tail_len].to_vec()
+        } else {
+            Vec::new()
+        };
+        let write = WriteBuffer::new(last, config.write_buffer_bytes, &tail, tail_pos);
+        tracing::debug!(dir = %dir.display(), %log_start_offset, %next_offset, segments = segments.len(), "log opened");
+        Ok(Rc::new(Log {
+            dir: dir.to_owned(),
+            config,
+            inner: RefCell::new(LogInner {
+                segments,
+                log_start_offset,
+                next_offset,
+                durable_offset: next_offset,
+                write: Some(write),
+                pending: VecDeque::new(),
+                dirty: false,
+                failed: false,
+                closed: false,
+            }),
+            append_lock: Semaphore::new(1),
+            durable: Event::new(),
+            commit,
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Offset after the last appended batch (log end offset).
+    pub fn log_end_offset(&self) -> Offset {
+        self.inner.borrow().next_offset
+    }
+
+    /// Everything below this offset is on disk; on a single replica it is the high watermark.
+    pub fn durable_offset(&self) -> Offset {
+        self.inner.borrow().durable_offset
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.inner.borrow().log_start_offset
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner
+            .borrow()
+            .segments
+            .values()
+            .map(|s| s.size_bytes)
+            .sum()
+    }
+
+    fn check_usable(&self, inner: &LogInner) -> Result<()> {
+        if inner.closed {
+            return Err(StorageError::Closed {
+                path: self.dir.clone(),
+            });
+        }
+        if inner.failed {
+            return Err(StorageError::Offline {
+                path: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates and appends the batches in `records`. All or nothing: a single bad batch
+    /// rejects the whole set before any byte is written.
+    pub async fn append(
+        self: &Rc<Self>,
+        records: &[u8],
+        leader_epoch: i32,
+        max_batch_bytes: usize,
+        now_ms: u64,
+    ) -> Result<AppendInfo> {
+        let mut total = 0usize;
+        let mut batches = 0usize;
+        let mut iter = BatchIter::new(records, true);
+        for view in iter.by_ref() {
+            if view.size_bytes() > max_batch_bytes {
+                return Err(StorageError::BatchTooLarge {
+                    size: view.size_bytes(),
+                    max_bytes: max_batch_bytes,
+                });
+            }
+            total += view.size_bytes();
+            batches += 1;
+        }
+        if let Some(e) = iter.error() {
+            return Err(StorageError::InvalidBatch {
+                position: iter.consumed(),
+                source: e.clone(),
+            });
+        }
+        if batches == 0 {
+            return Err(StorageError::InvalidBatch {
+                position: 0,
+                source: protocol::record_batch::BatchError::Truncated {
+                    needed: protocol::record_batch::BATCH_HEADER_BYTES,
+                    available: 0,
+                },
+            });
+        }
+        let _permit =
+            self.append_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed {
+                    path: self.dir.clone(),
+                })?;
+        self.check_usable(&self.inner.borrow())?;
+        self.maybe_roll(total as u64, now_ms).await?;
+        self.maybe_preallocate(total as u64).await?;
+
+        let mut inner = self.inner.borrow_mut();
+        self.check_usable(&inner)?;
+        let base_offset = inner.next_offset;
+        for view in BatchIter::new(records, false) {
+            Self::append_batch(&mut inner, &self.config, view, leader_epoch, now_ms);
+        }
+        let info = AppendInfo {
+            base_offset,
+            last_offset: Offset(inner.next_offset.0 - 1),
+            end_offset: inner.next_offset,
+            log_start_offset: inner.log_start_offset,
+        };
+        if !inner.dirty {
+            inner.dirty = true;
+            drop(inner);
+            self.commit.mark_dirty(self.clone());
+        }
+        Ok(info)
+    }
+
+    fn append_batch(
+        inner: &mut LogInner,
+        config: &LogConfig,
+        view: RecordBatchView<'_>,
+        leader_epoch: i32,
+        now_ms: u64,
+    ) {
+        let size = view.size_bytes();
+        let base = inner.next_offset;
+        let LogInner {
+            segments,
+            write,
+            pending,
+            ..
+        } = inner;
+        let (_, segment) = segments.iter_mut().next_back().expect("active segment");
+        let w = write.as_mut().expect("write buffer");
+        debug_assert_eq!(w.segment_base, segment.base_offset);
+        if w.room() < size {
+            let tail_pos = align_down(w.data_end());
+            let tail = w.buf.as_bytes()[(tail_pos - w.file_pos) as usize..w.len].to_vec();
+            let fresh = WriteBuffer::new(
+                segment,
+                config.write_buffer_bytes.max(tail.len() + size),
+                &tail,
+                tail_pos,
+            );
+            let full = std::mem::replace(w, fresh);
+            if let Some(p) = Self::seal(full) {
+                pending.push_back(p);
+            }
+        }
+        let position = segment.size_bytes;
+        debug_assert_eq!(position, w.data_end());
+        let at = w.len;
+        let dst = &mut w.buf.as_bytes_mut()[at..at + size];
+        dst.copy_from_slice(view.as_bytes());
+        set_base_offset(dst, base.0);
+        set_partition_leader_epoch(dst, leader_epoch);
+        w.len += size;
+        let stored = RecordBatchView::parse(dst).expect("validated batch");
+        segment.index_append(&stored, position, config.index_interval_bytes);
+        segment.size_bytes += size as u64;
+        segment.next_offset = Offset(stored.last_offset() + 1);
+        segment.first_append_ms.get_or_insert(now_ms);
+        inner.next_offset = segment.next_offset;
+        w.end_offset = inner.next_offset;
+    }
+
+    /// Turns a write buffer into a pending write (zero-padded to a whole block), or `None`
+    /// when it holds nothing new.
+    fn seal(mut w: WriteBuffer) -> Option<PendingWrite> {
+        if w.len == w.handed_len {
+            return None;
+        }
+        let padded = align_up(w.len as u64) as usize;
+        w.buf.as_bytes_mut()[w.len..padded].fill(0);
+        w.buf.trim_to_size(padded);
+        Some(PendingWrite {
+            segment_base: w.segment_base,
+            file: w.file,
+            file_pos: w.file_pos,
+            data_end: w.file_pos + w.len as u64,
+            buf: w.buf,
+            end_offset: w.end_offset,
+        })
+    }
+
+    async fn maybe_roll(&self, incoming_bytes: u64, now_ms: u64) -> Result<()> {
+        let next_base = {
+            let inner = self.inner.borrow();
+            let seg = inner.segments.values().next_back().expect("active segment");
+            let limit = self.config.segment_bytes.min(SEGMENT_BYTES_MAX);
+            let too_big = seg.size_bytes > 0 && seg.size_bytes + incoming_bytes > limit;
+            let too_old = seg
+                .first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms);
+            if !(too_big || too_old) {
+                return Ok(());
+            }
+            inner.next_offset
+        };
+        let segment = LogSegment::create(&self.dir, next_base).await?;
+        tracing::debug!(dir = %self.dir.display(), base = %next_base, "rolled segment");
+        let mut inner = self.inner.borrow_mut();
+        let fresh = WriteBuffer::new(&segment, self.config.write_buffer_bytes, &[], 0);
+        if let Some(old) = inner.write.replace(fresh) {
+            if let Some(p) = Self::seal(old) {
+                inner.pending.push_back(p);
+            }
+        }
+        if let Some((_, old)) = inner.segments.iter_mut().next_back() {
+            old.sealed = true;
+        }
+        inner.segments.insert(next_base.0, segment);
+        Ok(())
+    }
+
+    async fn maybe_preallocate(&self, incoming_bytes: u64) -> Result<()> {
+        let (file, path, target) = {
+            let inner = self.inner.borrow();
+            let seg = inner.segments.values().next_back().expect("active segment");
+            let need = align_up(seg.size_bytes + incoming_bytes);
+            if need <= seg.preallocated_bytes || self.config.preallocate_bytes == 0 {
+                return Ok(());
+            }
+            let step = self.config.preallocate_bytes;
+            let target = need.div_ceil(step) * step;
+            (seg.file.clone(), seg.path.clone(), target)
+        };
+        file.pre_allocate(target, true)
+            .await
+            .map_err(|e| StorageError::io("fallocate segment", &path, e))?;
+        let mut inner = self.inner.borrow_mut();
+        if let Some(seg) = inner.segments.values_mut().next_back() {
+            seg.preallocated_bytes = seg.preallocated_bytes.max(target);
+        }
+        Ok(())
+    }
+
+    /// Writes and fdatasyncs everything appended so far; called by [`GroupCommit`] only, one
+    /// round at a time per log.
+    pub(crate) async fn flush(self: &Rc<Self>) -> Result<()> {
+        let job: Vec<PendingWrite> = {
+            let mut inner = self.inner.borrow_mut();
+            inner.dirty = false;
+            if let Some(w) = inner.write.as_mut() {
+                if w.len > w.handed_len {
+                    let tail_pos = align_down(w.data_end());
+                    let tail = w.buf.as_bytes()[(tail_pos - w.file_pos) as usize..w.len].to_vec();
+                    let seg_base = w.segment_base;
+                    let seg = inner
+                        .segments
+                        .get(&seg_base.0)
+                        .expect("segment of write buffer");
+                    let mut fresh =
+                        WriteBuffer::new(seg, self.config.write_buffer_bytes, &tail, tail_pos);
+                    fresh.end_offset = inner.write.as_ref().expect("write").end_offset;
+                    let old = inner.write.replace(fresh).expect("write");
+                    if let Some(p) = Self::seal(old) {
+                        inner.pending.push_back(p);
+                    }
+                }
+            }
+            inner.pending.drain(..).collect()
+        };
+        let Some(last) = job.last() else {
+            return Ok(());
+        };
+        let end_offset = last.end_offset;
+        let result = self.write_and_sync(job).await;
+        let mut inner = self.inner.borrow_mut();
+        match result {
+            Ok(done) => {
+                for (base, data_end) in done {
+                    if let Some(seg) = inner.segments.get_mut(&base.0) {
+                        seg.durable_bytes = seg.durable_bytes.max(data_end);
+                        if seg.sealed
+                            && !seg.indexes_persisted
+                            && seg.durable_bytes == seg.size_bytes
+                        {
+                            if let Err(e) = seg.persist_indexes() {
+                                tracing::warn!(error = %e, "cannot persist sealed segment indexes");
+                            }
+                        }
+                    }
+                }
+                inner.durable_offset = inner.durable_offset.max(end_offset);
+                drop(inner);
+                self.durable.notify(usize::MAX);
+                Ok(())
+            }
+            Err(e) => {
+                // After a failed write or fdatasync the page state is unknown (fsyncgate):
+                // the log goes offline rather than risk acknowledging lost data.
+                inner.failed = true;
+                drop(inner);
+                tracing::error!(dir = %self.dir.display(), error = %e, "log write failed; log is offline");
+                self.durable.notify(usize::MAX);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the pending buffers in order and fdatasyncs each file touched. Returns the
+    /// durable data end per segment.
+    async fn write_and_sync(&self, job: Vec<PendingWrite>) -> Result<Vec<(Offset, u64)>> {
+        let mut done: Vec<(Offset, u64, Rc<DmaFile>)> = Vec::new();
+        for w in job {
+            let expected = w.buf.len();
+            let path = self.dir.join(segment_file_name(w.segment_base, "log"));
+            let written = w
+                .file
+                .write_at(w.buf, w.file_pos)
+                .await
+                .map_err(|e| StorageError::io("write segment", &path, e))?;
+            if written != expected {
+                return Err(StorageError::io(
+                    "write segment",
+                    &path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write: {written} of {expected} bytes"),
+                    ),
+                ));
+            }
+            match done.last_mut() {
+                Some((base, end, _)) if *base == w.segment_base => *end = w.data_end,
+                _ => done.push((w.segment_base, w.data_end, w.file.clone())),
+            }
+        }
+        for (base, _, file) in &done {
+            file.fdatasync().await.map_err(|e| {
+                StorageError::io(
+                    "fdatasync segment",
+                    self.dir.join(segment_file_name(*base, "log")),
+                    e,
+                )
+            })?;
+        }
+        Ok(done.into_iter().map(|(b, e, _)| (b, e)).collect())
+    }
+
+    /// Waits until every offset below `end_offset` is durable.
+    pub async fn wait_durable(&self, end_offset: Offset) -> Result<()> {
+        loop {
+            {
+                let inner = self.inner.borrow();
+                if inner.durable_offset >= end_offset {
+                    return Ok(());
+                }
+                self.check_usable(&inner)?;
+            }
+            let listener = self.durable.listen();
+            {
+                let inner = self.inner.borrow();
+                if inner.durable_offset >= end_offset {
+                    return Ok(());
+                }
+                self.check_usable(&inner)?;
+            }
+            listener.await;
+        }
+    }
+
+    /// A listener that fires when the durable offset advances (for fetch long-polls).
+    pub fn listen_durable(&self) -> EventListener {
+        self.durable.listen()
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
+    /// (but at least one batch when `min_one`). Only durable data is returned.
+    pub async fn read(&self, offset: Offset, max_bytes: usize, min_one: bool) -> Result<ReadInfo> {
+        let mut target = offset;
+        loop {
+            let (file, path, mut pos, limit, hw, start) = {
+                let inner = self.inner.borrow();
+                self.check_usable(&inner)?;
+                let hw = inner.durable_offset;
+                let start = inner.log_start_offset;
+                if offset < start || offset > inner.next_offset {
+                    return Err(StorageError::OffsetOutOfRange {
+                        offset,
+                        log_start: start,
+                        log_end: inner.next_offset,
+                    });
+                }
+                if target >= hw {
+                    return Ok(ReadInfo {
+                        records: Bytes::new(),
+                        high_watermark: hw,
+                        log_start_offset: start,
+                    });
+                }
+                let Some((_, seg)) = inner.segments.range(..=target.0).next_back() else {
+                    return Ok(ReadInfo {
+                        records: Bytes::new(),
+                        high_watermark: hw,
+                        log_start_offset: start,
+                    });
+                };
+                if target >= seg.next_offset {
+                    // Past this segment: continue with the next one.
+                    match inner.segments.range(target.0 + 1..).next() {
+                        Some((base, _)) => {
+                            target = Offset(*base);
+                            continue;
+                        }
+                        None => {
+                            return Ok(ReadInfo {
+                                records: Bytes::new(),
+                                high_watermark: hw,
+                                log_start_offset: start,
+                            })
+                        }
+                    }
+                }
+                let rel = (target.0 - seg.base_offset.0) as u32;
+                let pos = seg.offset_index.lookup(rel).position as u64;
+                (
+                    seg.file.clone(),
+                    seg.path.clone(),
+                    pos,
+                    seg.durable_bytes,
+                    hw,
+                    start,
+                )
+            };
+            let window =
+                max_bytes.max(READ_WINDOW_MIN_BYTES) + self.config.index_interval_bytes as usize;
+            while pos < limit {
+                let len = window.min((limit - pos) as usize);
+                let data = file
+                    .read_at(pos, len)
+                    .await
+                    .map_err(|e| StorageError::io("read segment", &path, e))?;
+                let mut skipped = 0usize;
+                let mut first: Option<usize> = None;
+                let mut end = 0usize;
+                for view in BatchIter::new(&data, false) {
+                    let size = view.size_bytes();
+                    match first {
+                        None if view.last_offset() < target.0 => skipped += size,
+                        None => {
+                            first = Some(skipped);
+                            end = skipped + size;
+                        }
+                        Some(f) => {
+                            if end - f + size > max_bytes {
+                                break;
+                            }
+                            end += size;
+                        }
+                    }
+                }
+                match first {
+                    Some(f) if !min_one && end - f > max_bytes => {
+                        return Ok(ReadInfo {
+                            records: Bytes::new(),
+                            high_watermark: hw,
+                            log_start_offset: start,
+                        })
+                    }
+                    Some(f) => {
+                        return Ok(ReadInfo {
+                            records: Bytes::copy_from_slice(&data[f..end]),
+                            high_watermark: hw,
+                            log_start_offset: start,
+                        })
+                    }
+                    None if skipped > 0 => pos += skipped as u64,
+                    None => {
+                        // The batch at `pos` does not fit in the window: read it whole.
+                        let size = match protocol::record_batch::batch_size_from_prefix(&data) {
+                            Some(Ok(size)) if pos + size as u64 <= limit => size,
+                            _ => break,
+                        };
+                        let whole = file
+                            .read_at(pos, size)
+                            .await
+                            .map_err(|e| StorageError::io("read segment", &path, e))?;
+                        let view = RecordBatchView::parse(&whole).map_err(|e| {
+                            StorageError::InvalidBatch {
+                                position: pos as usize,
+                                source: e,
+                            }
+                        })?;
+                        if view.last_offset() < target.0 {
+                            pos += size as u64;
+                            continue;
+                        }
+                        if !min_one && size > max_bytes {
+                            return Ok(ReadInfo {
+                                records: Bytes::new(),
+                                high_watermark: hw,
+                                log_start_offset: start,
+                            });
+                        }
+                        return Ok(ReadInfo {
+                            records: Bytes::copy_from_slice(&whole),
+                            high_watermark: hw,
+                            log_start_offset: start,
+                        });
+                    }
+                }
+            }
+            // Nothing at or after `target` in this segment's durable bytes.
+            return Ok(ReadInfo {
+                records: Bytes::new(),
+                high_watermark: hw,
+                log_start_offset: start,
+            });
+        }
+    }
+
+    /// Position to start scanning and the segment file for a timestamp lookup, used by
+    /// ListOffsets. Returns batches' (base offset, max timestamp) from the first segment
+    /// whose time index reaches `timestamp`; `None` when no batch does.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<Offset>> {
+        let candidates: Vec<(Offset, Rc<DmaFile>, PathBuf, u64, u64)> = {
+            let inner = self.inner.borrow();
+            self.check_usable(&inner)?;
+            inner
+                .segments
+                .values()
+                .filter_map(|seg| {
+                    let rel = seg.time_index.scan_start(timestamp)?;
+                    let pos = seg.offset_index.lookup(rel).position as u64;
+                    Some((
+                        seg.base_offset,
+                        seg.file.clone(),
+                        seg.path.clone(),
+                        pos,
+                        seg.durable_bytes,
+                    ))
+                })
+                .collect()
+        };
+        for (_, file, path, mut pos, limit) in candidates {
+            while pos < limit {
+                let len = (READ_WINDOW_MIN_BYTES * 4).min((limit - pos) as usize);
+                let data = file
+                    .read_at(pos, len)
+                    .await
+                    .map_err(|e| StorageError::io("read segment", &path, e))?;
+                let mut consumed = 0usize;
+                for view in BatchIter::new(&data, false) {
+                    if view.max_timestamp() >= timestamp {
+                        return Ok(Some(Offset(view.base_offset())));
+                    }
+                    consumed += view.size_bytes();
+                }
+                if consumed == 0 {
+                    // A batch larger than the window: step over it by its length.
+                    match protocol::record_batch::batch_size_from_prefix(&data) {
+                        Some(Ok(size)) => {
+                            let whole = file
+                                .read_at(pos, size)
+                                .await
+                                .map_err(|e| StorageError::io("read segment", &path, e))?;
+                            if let Ok(view) = RecordBatchView::parse(&whole) {
+                                if view.max_timestamp() >= timestamp {
+                                    return Ok(Some(Offset(view.base_offset())));
+                                }
+                            }
+                            consumed = size;
+                        }
+                        _ => break,
+                    }
+                }
+                pos += consumed as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Flushes what is buffered and stops accepting appends.
+    pub async fn close(self: &Rc<Self>) -> Result<()> {
+        let _permit = self.append_lock.acquire_permit(1).await;
+        let result = self.flush().await;
+        let mut inner = self.inner.borrow_mut();
+        inner.closed = true;
+        for seg in inner.segments.values_mut() {
+            if let Err(e) = seg.persist_indexes() {
+                tracing::warn!(error = %e, "cannot persist indexes on close");
+            }
+        }
+        drop(inner);
+        self.append_lock.close();
+        self.durable.notify(usize::MAX);
+        result
+    }
+
+    /// Closes the log and removes its directory.
+    pub async fn delete(self: &Rc<Self>) -> Result<()> {
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.closed = true;
+            inner.pending.clear();
+            for seg in inner.segments.values() {
+                seg.remove_files();
+            }
+        }
+        self.append_lock.close();
+        self.durable.notify(usize::MAX);
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(|e| StorageError::io("remove log dir", &self.dir, e))
+    }
+}
