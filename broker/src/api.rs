@@ -1,0 +1,118 @@
+//! Request routing: the table of supported API versions and the dispatcher that hands each
+//! decoded request to its handler module. No API logic lives here.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use protocol::frame::{encode_response, RequestEnvelope};
+
+use crate::handlers;
+use crate::shard::Shard;
+
+/// One advertised API and its version range.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRange {
+    pub key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+}
+
+/// What Sluice advertises in ApiVersions. Produce, Fetch and Metadata advertise from v0
+/// because librdkafka derives features (compression among them) from those minimums;
+/// versions older than the codec can decode (Produce < 3, Fetch < 4) close the connection.
+pub const SUPPORTED_APIS: &[ApiRange] = &[
+    ApiRange { key: ApiKey::Produce, min: 0, max: 11 },
+    ApiRange { key: ApiKey::Fetch, min: 0, max: 12 },
+    ApiRange { key: ApiKey::ListOffsets, min: 1, max: 6 },
+    ApiRange { key: ApiKey::Metadata, min: 0, max: 12 },
+    ApiRange { key: ApiKey::FindCoordinator, min: 0, max: 4 },
+    ApiRange { key: ApiKey::ApiVersions, min: 0, max: 4 },
+    ApiRange { key: ApiKey::CreateTopics, min: 2, max: 7 },
+    ApiRange { key: ApiKey::DeleteTopics, min: 1, max: 6 },
+];
+
+pub fn supported_range(key: ApiKey) -> Option<ApiRange> {
+    SUPPORTED_APIS.iter().copied().find(|r| r.key == key)
+}
+
+/// Whether the codec can decode this version (the advertised range may start lower).
+fn decodable(key: ApiKey, version: i16) -> bool {
+    let codec = key.valid_versions();
+    version >= codec.min && version <= codec.max
+}
+
+/// What to do after a request.
+pub enum Reply {
+    Response(Bytes),
+    /// acks=0 produce: nothing is sent back.
+    Nothing,
+    /// Kafka closes the connection on requests it cannot parse or does not support.
+    Close(String),
+}
+
+/// Per-request context handed to handlers.
+pub struct RequestContext {
+    pub shard: Rc<Shard>,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+}
+
+pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope) -> Reply {
+    let supported = supported_range(env.api_key)
+        .is_some_and(|r| env.api_version >= r.min && env.api_version <= r.max);
+    if !supported {
+        if env.api_key == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 with the error and our ranges, so the client can retry.
+            let body = ResponseKind::ApiVersions(handlers::api_versions::unsupported());
+            return encode(ApiKey::ApiVersions, 0, env.correlation_id, &body);
+        }
+        return Reply::Close(format!(
+            "unsupported version {} of {:?}",
+            env.api_version, env.api_key
+        ));
+    }
+    if !decodable(env.api_key, env.api_version) {
+        return Reply::Close(format!(
+            "{:?} v{} is advertised for feature detection but not served",
+            env.api_key, env.api_version
+        ));
+    }
+    let request = match env.decode_body() {
+        Ok(r) => r,
+        Err(e) => return Reply::Close(e.to_string()),
+    };
+    let ctx = RequestContext {
+        shard: shard.clone(),
+        api_version: env.api_version,
+        correlation_id: env.correlation_id,
+        client_id: env.client_id.clone(),
+    };
+    let response = match request {
+        RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(handlers::api_versions::handle(&ctx, r)),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(handlers::metadata::handle(&ctx, r).await),
+        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(handlers::create_topics::handle(&ctx, r).await),
+        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(handlers::delete_topics::handle(&ctx, r).await),
+        RequestKind::Produce(r) => match handlers::produce::handle(&ctx, r).await {
+            Some(resp) => ResponseKind::Produce(resp),
+            None => return Reply::Nothing,
+        },
+        RequestKind::Fetch(r) => ResponseKind::Fetch(handlers::fetch::handle(&ctx, r).await),
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(handlers::list_offsets::handle(&ctx, r).await),
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(handlers::find_coordinator::handle(&ctx, r))
+        }
+        other => {
+            return Reply::Close(format!("no handler for {:?}", std::mem::discriminant(&other)));
+        }
+    };
+    encode(env.api_key, env.api_version, env.correlation_id, &response)
+}
+
+fn encode(key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> Reply {
+    match encode_response(key, version, correlation_id, body) {
+        Ok(bytes) => Reply::Response(bytes),
+        Err(e) => Reply::Close(e.to_string()),
+    }
+}

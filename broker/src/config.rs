@@ -1,0 +1,231 @@
+//! Broker configuration: defaults, then a `server.properties`-style file, then `SLUICE_*`
+//! environment variables, then command-line flags. Property names are Kafka's where they
+//! mean the same thing; Sluice-only settings are prefixed `sluice.`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use storage::LogConfig;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `listeners` (PLAINTEXT://host:port) or `--listen`.
+    pub listen: SocketAddr,
+    /// `advertised.listeners`: what Metadata tells clients; defaults to `listen`.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// `log.dirs` / `log.dir` (first entry) or `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `node.id` / `broker.id`.
+    pub node_id: i32,
+    /// `sluice.smp` or `--smp`: number of shards (one per core by default).
+    pub smp: usize,
+    /// `num.partitions`: partitions of auto-created topics.
+    pub num_partitions: i32,
+    /// `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// `delete.topic.enable`.
+    pub delete_topic_enable: bool,
+    /// `socket.request.max.bytes`: largest request frame accepted.
+    pub socket_request_max_bytes: usize,
+    /// `message.max.bytes`: largest record batch accepted.
+    pub message_max_bytes: usize,
+    /// `sluice.shard.inbox.capacity`: cross-shard messages queued per shard before senders wait.
+    pub shard_inbox_capacity: usize,
+    /// `sluice.io.memory.bytes`: registered io_uring buffer memory per shard.
+    pub io_memory_bytes: usize,
+    /// `max.connections`: per shard; further connections wait in the kernel backlog.
+    pub max_connections_per_shard: usize,
+    /// `sluice.fetch.max.wait.ms.max`: ceiling on a fetch long-poll.
+    pub fetch_max_wait_ms_max: u64,
+    /// `log.segment.bytes`, `log.roll.ms` / `log.roll.hours`, `log.index.interval.bytes`,
+    /// `sluice.log.preallocate.bytes`, `sluice.log.write.buffer.bytes`.
+    pub log: LogConfig,
+    /// `cluster.id` (defaults to a fixed value for a single node).
+    pub cluster_id: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: "127.0.0.1:9092".parse().expect("literal address"),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            data_dir: PathBuf::from("./sluice-data"),
+            node_id: 0,
+            smp: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            num_partitions: 1,
+            auto_create_topics: true,
+            delete_topic_enable: true,
+            socket_request_max_bytes: 104_857_600,
+            message_max_bytes: 1_048_588,
+            shard_inbox_capacity: 1024,
+            io_memory_bytes: 1 << 20,
+            max_connections_per_shard: 4096,
+            fetch_max_wait_ms_max: 30_000,
+            log: LogConfig::default(),
+            cluster_id: "sluice-single-node".into(),
+        }
+    }
+}
+
+/// Reads a `key=value` properties file (`#` and `!` comments, blank lines ignored).
+pub fn read_properties(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once(['=', ':']) else {
+            bail!("{}:{}: expected key=value", path.display(), n + 1);
+        };
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
+}
+
+/// `SLUICE_LOG_SEGMENT_BYTES=…` becomes `log.segment.bytes=…`. The variables that the
+/// command line reads itself (listen, data dir, smp, config) are skipped here.
+pub fn env_properties() -> BTreeMap<String, String> {
+    const CLI_VARS: [&str; 4] = ["SLUICE_LISTEN", "SLUICE_DATA_DIR", "SLUICE_SMP", "SLUICE_CONFIG"];
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("SLUICE_") && !CLI_VARS.contains(&k.as_str()))
+        .map(|(k, v)| (k["SLUICE_".len()..].to_lowercase().replace('_', "."), v))
+        .collect()
+}
+
+fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| anyhow::anyhow!("property {key}={value}: {e}"))
+}
+
+fn listener_addr(value: &str) -> Result<SocketAddr> {
+    // Accept `PLAINTEXT://host:port` (first listener) or plain `host:port`.
+    let first = value.split(',').next().unwrap_or("").trim();
+    let hostport = first.split_once("://").map(|(_, r)| r).unwrap_or(first);
+    let hostport = if let Some(port) = hostport.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        hostport.to_owned()
+    };
+    use std::net::ToSocketAddrs;
+    hostport
+        .to_socket_addrs()
+        .with_context(|| format!("listener address {value}"))?
+        .next()
+        .with_context(|| format!("listener address {value} resolves to nothing"))
+}
+
+impl BrokerConfig {
+    /// Applies properties in order; unknown keys are logged and ignored, as Kafka does.
+    pub fn apply(&mut self, props: &BTreeMap<String, String>) -> Result<()> {
+        let mut advertised: Option<String> = None;
+        for (key, value) in props {
+            match key.as_str() {
+                "listeners" => self.listen = listener_addr(value)?,
+                "advertised.listeners" => advertised = Some(value.clone()),
+                "log.dirs" | "log.dir" => {
+                    self.data_dir = PathBuf::from(value.split(',').next().unwrap_or(value).trim())
+                }
+                "node.id" | "broker.id" => self.node_id = parse(key, value)?,
+                "sluice.smp" => self.smp = parse(key, value)?,
+                "num.partitions" => self.num_partitions = parse(key, value)?,
+                "auto.create.topics.enable" => self.auto_create_topics = parse(key, value)?,
+                "delete.topic.enable" => self.delete_topic_enable = parse(key, value)?,
+                "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
+                "message.max.bytes" => self.message_max_bytes = parse(key, value)?,
+                "sluice.shard.inbox.capacity" => self.shard_inbox_capacity = parse(key, value)?,
+                "sluice.io.memory.bytes" => self.io_memory_bytes = parse(key, value)?,
+                "max.connections" => self.max_connections_per_shard = parse(key, value)?,
+                "sluice.fetch.max.wait.ms.max" => self.fetch_max_wait_ms_max = parse(key, value)?,
+                "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
+                "log.roll.ms" => self.log.segment_ms = parse(key, value)?,
+                "log.roll.hours" => self.log.segment_ms = parse::<u64>(key, value)? * 3_600_000,
+                "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
+                "sluice.log.preallocate.bytes" => self.log.preallocate_bytes = parse(key, value)?,
+                "sluice.log.write.buffer.bytes" => self.log.write_buffer_bytes = parse(key, value)?,
+                "cluster.id" => self.cluster_id = value.clone(),
+                _ => tracing::warn!(property = %key, "unknown or not yet supported property ignored"),
+            }
+        }
+        match advertised {
+            Some(a) => {
+                let addr = listener_addr(&a)?;
+                self.advertised_host = addr.ip().to_string();
+                self.advertised_port = addr.port();
+            }
+            None => {
+                self.advertised_host = if self.listen.ip().is_unspecified() {
+                    "127.0.0.1".into()
+                } else {
+                    self.listen.ip().to_string()
+                };
+                self.advertised_port = self.listen.port();
+            }
+        }
+        self.validate()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.smp == 0 {
+            bail!("sluice.smp must be at least 1");
+        }
+        if self.num_partitions < 1 {
+            bail!("num.partitions must be at least 1");
+        }
+        if self.socket_request_max_bytes < 1024 {
+            bail!("socket.request.max.bytes must be at least 1024");
+        }
+        if self.log.segment_bytes < 1024 {
+            bail!("log.segment.bytes must be at least 1024");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_property_names_apply() {
+        let mut c = BrokerConfig::default();
+        let props: BTreeMap<String, String> = [
+            ("listeners", "PLAINTEXT://127.0.0.1:19092"),
+            ("log.dirs", "/var/lib/sluice,/other"),
+            ("num.partitions", "8"),
+            ("log.segment.bytes", "1048576"),
+            ("log.roll.hours", "2"),
+            ("auto.create.topics.enable", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        c.apply(&props).unwrap();
+        assert_eq!(c.listen.port(), 19092);
+        assert_eq!(c.advertised_port, 19092);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/sluice"));
+        assert_eq!(c.num_partitions, 8);
+        assert_eq!(c.log.segment_bytes, 1 << 20);
+        assert_eq!(c.log.segment_ms, 7_200_000);
+        assert!(!c.auto_create_topics);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let mut c = BrokerConfig::default();
+        let props = [("num.partitions".to_owned(), "zero".to_owned())].into_iter().collect();
+        assert!(c.apply(&props).is_err());
+        let props = [("num.partitions".to_owned(), "0".to_owned())].into_iter().collect();
+        assert!(c.apply(&props).is_err());
+    }
+}

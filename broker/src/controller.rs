@@ -1,0 +1,221 @@
+//! The controller: the single writer of the metadata image, running on shard 0.
+//!
+//! Every change (create or delete topics) is serialized by one lock, written to disk, and
+//! only then published to every shard (each opens or deletes its logs) before the caller is
+//! answered — so once CreateTopics returns, a produce on any shard finds its partition.
+//!
+//! Placement: each new partition goes to the shard that owns the fewest partitions so far
+//! (lowest shard id on ties), and that choice is persisted with the image.
+//!
+//! A replicated metadata log (KRaft-style, on a proven consensus library) replaces the
+//! JSON image when clustering arrives; this one-voter form keeps the same publish order.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use glommio::sync::Semaphore;
+
+use crate::config::BrokerConfig;
+use crate::metadata::{random_id, validate_topic_name, MetadataImage, PartitionMeta, TopicMeta};
+use crate::shard::{Shard, ShardId};
+
+/// Largest partition count one CreateTopics may ask for (`sluice.topic.partitions.max`).
+pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    /// -1 means the broker default (`num.partitions`).
+    pub num_partitions: i32,
+    /// -1 means the broker default (1).
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CreateTopicError {
+    #[error("topic already exists")]
+    AlreadyExists,
+    #[error("{0}")]
+    InvalidName(&'static str),
+    #[error("number of partitions {0} is invalid")]
+    InvalidPartitions(i32),
+    #[error("replication factor {requested} is larger than the {brokers} available brokers")]
+    InvalidReplicationFactor { requested: i16, brokers: i32 },
+    #[error("metadata could not be stored: {0}")]
+    Storage(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeleteTopicError {
+    #[error("unknown topic")]
+    Unknown,
+    #[error("topic deletion is disabled (delete.topic.enable=false)")]
+    Disabled,
+    #[error("metadata could not be stored: {0}")]
+    Storage(String),
+}
+
+pub struct Controller {
+    config: Arc<BrokerConfig>,
+    image: RefCell<MetadataImage>,
+    lock: Semaphore,
+}
+
+impl Controller {
+    pub fn new(config: Arc<BrokerConfig>) -> Controller {
+        Controller {
+            config,
+            image: RefCell::new(MetadataImage::default()),
+            lock: Semaphore::new(1),
+        }
+    }
+
+    /// Loads the persisted image and publishes it to every shard.
+    pub async fn bootstrap(&self, shard: &Shard) -> Result<()> {
+        let image = MetadataImage::load(&self.config.data_dir)?;
+        tracing::info!(topics = image.topics.len(), version = image.version, "metadata loaded");
+        *self.image.borrow_mut() = image.clone();
+        self.publish(shard, Arc::new(image)).await
+    }
+
+    async fn publish(&self, shard: &Shard, image: Arc<MetadataImage>) -> Result<()> {
+        let mut waits = Vec::new();
+        for target in 0..shard.shard_count() {
+            let image = image.clone();
+            waits.push(shard.invoke_on(ShardId(target), move |s| async move {
+                s.apply_metadata(image).await.map_err(|e| e.to_string())
+            }));
+        }
+        for (target, r) in futures::future::join_all(waits).await.into_iter().enumerate() {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => anyhow::bail!("shard {target} could not apply metadata: {e}"),
+                Err(e) => anyhow::bail!("{e}"),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_topics(
+        &self,
+        shard: &Shard,
+        specs: Vec<TopicSpec>,
+        validate_only: bool,
+    ) -> Vec<Result<TopicMeta, CreateTopicError>> {
+        let Ok(_permit) = self.lock.acquire_permit(1).await else {
+            return specs.iter().map(|_| Err(CreateTopicError::Storage("controller stopped".into()))).collect();
+        };
+        let mut next = self.image.borrow().clone();
+        let mut load = vec![0usize; shard.shard_count()];
+        let shards = load.len();
+        for t in next.topics.values() {
+            for p in &t.partitions {
+                load[p.shard % shards] += 1;
+            }
+        }
+        let mut results = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let r = self.plan_topic(&mut next, &mut load, spec);
+            results.push(r);
+        }
+        if validate_only || results.iter().all(|r| r.is_err()) {
+            return results;
+        }
+        next.version += 1;
+        let stored = next.store(&self.config.data_dir);
+        let outcome = match stored {
+            Ok(()) => {
+                *self.image.borrow_mut() = next.clone();
+                self.publish(shard, Arc::new(next)).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "create topics failed");
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(CreateTopicError::Storage(e.to_string()))))
+                .collect();
+        }
+        results
+    }
+
+    fn plan_topic(
+        &self,
+        image: &mut MetadataImage,
+        load: &mut [usize],
+        spec: TopicSpec,
+    ) -> Result<TopicMeta, CreateTopicError> {
+        validate_topic_name(&spec.name).map_err(CreateTopicError::InvalidName)?;
+        if image.topics.contains_key(&spec.name) {
+            return Err(CreateTopicError::AlreadyExists);
+        }
+        let partitions = if spec.num_partitions == -1 {
+            self.config.num_partitions
+        } else {
+            spec.num_partitions
+        };
+        if !(1..=TOPIC_PARTITIONS_MAX).contains(&partitions) {
+            return Err(CreateTopicError::InvalidPartitions(spec.num_partitions));
+        }
+        if spec.replication_factor != -1 && spec.replication_factor != 1 {
+            return Err(CreateTopicError::InvalidReplicationFactor {
+                requested: spec.replication_factor,
+                brokers: 1,
+            });
+        }
+        let mut metas = Vec::with_capacity(partitions as usize);
+        for _ in 0..partitions {
+            let (shard, _) = load
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, n)| (**n, *i))
+                .expect("at least one shard");
+            load[shard] += 1;
+            metas.push(PartitionMeta { shard });
+        }
+        let topic = TopicMeta {
+            id: random_id(),
+            partitions: metas,
+            configs: spec.configs,
+        };
+        image.topics.insert(spec.name, topic.clone());
+        Ok(topic)
+    }
+
+    pub async fn delete_topics(&self, shard: &Shard, names: Vec<String>) -> Vec<Result<(), DeleteTopicError>> {
+        if !self.config.delete_topic_enable {
+            return names.iter().map(|_| Err(DeleteTopicError::Disabled)).collect();
+        }
+        let Ok(_permit) = self.lock.acquire_permit(1).await else {
+            return names.iter().map(|_| Err(DeleteTopicError::Storage("controller stopped".into()))).collect();
+        };
+        let mut next = self.image.borrow().clone();
+        let results: Vec<_> = names
+            .iter()
+            .map(|n| next.topics.remove(n).map(|_| ()).ok_or(DeleteTopicError::Unknown))
+            .collect();
+        if results.iter().all(|r| r.is_err()) {
+            return results;
+        }
+        next.version += 1;
+        let outcome = match next.store(&self.config.data_dir) {
+            Ok(()) => {
+                *self.image.borrow_mut() = next.clone();
+                self.publish(shard, Arc::new(next)).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "delete topics failed");
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(DeleteTopicError::Storage(e.to_string()))))
+                .collect();
+        }
+        results
+    }
+}

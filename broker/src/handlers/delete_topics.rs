@@ -1,0 +1,66 @@
+//! DeleteTopics (key 20): by name (all versions) or by topic id (v6+).
+
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse};
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::str_bytes;
+use crate::api::RequestContext;
+use crate::errors::delete_topic_error;
+use crate::metadata::topic_name;
+use crate::shard::ShardId;
+
+pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let image = ctx.shard.metadata();
+    // (name if known, id as asked)
+    let asked: Vec<(Option<String>, Uuid)> = if ctx.api_version >= 6 {
+        req.topics
+            .into_iter()
+            .map(|t| match t.name {
+                Some(n) => (Some(n.0.as_str().to_owned()), t.topic_id),
+                None => (image.topic_by_id(t.topic_id).map(|(n, _)| n.clone()), t.topic_id),
+            })
+            .collect()
+    } else {
+        req.topic_names
+            .into_iter()
+            .map(|n| (Some(n.0.as_str().to_owned()), Uuid::nil()))
+            .collect()
+    };
+    let names: Vec<String> = asked.iter().filter_map(|(n, _)| n.clone()).collect();
+    let outcome = ctx
+        .shard
+        .invoke_on(ShardId(0), move |s| async move {
+            let c = s.controller.clone().expect("shard 0 runs the controller");
+            c.delete_topics(&s, names).await
+        })
+        .await;
+    let mut outcomes = match outcome {
+        Ok(v) => v.into_iter().map(|r| r.map_err(|e| (delete_topic_error(&e), e.to_string()))).collect(),
+        Err(e) => vec![Err((ResponseError::KafkaStorageError, e.to_string())); asked.len()],
+    }
+    .into_iter();
+    let responses = asked
+        .into_iter()
+        .map(|(name, id)| {
+            let mut r = DeletableTopicResult::default();
+            r.topic_id = id;
+            match &name {
+                Some(n) => {
+                    r.topic_id = image.topics.get(n).map(|m| m.uuid()).unwrap_or(id);
+                    r.name = Some(topic_name(n));
+                    if let Some(Err((code, msg))) = outcomes.next() {
+                        r.error_code = code.code();
+                        r.error_message = Some(str_bytes(msg));
+                    }
+                }
+                None => r.error_code = ResponseError::UnknownTopicId.code(),
+            }
+            r
+        })
+        .collect();
+    let mut resp = DeleteTopicsResponse::default();
+    resp.responses = responses;
+    resp
+}

@@ -1,0 +1,248 @@
+//! Fetch (key 1): reads stored batches from each partition's owning shard, honouring
+//! `max_bytes`, `partition_max_bytes`, `min_bytes` and `max_wait_ms` (a long-poll that wakes
+//! when any requested partition's high watermark moves). Returned bytes are the stored
+//! batches; nothing is decoded.
+//!
+//! Fetch sessions (KIP-227) are not kept: every response has session id 0, which tells the
+//! client to send full fetch requests.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::ResponseError;
+use storage::Offset;
+
+use crate::api::RequestContext;
+use crate::errors::storage_error;
+use crate::shard::{Shard, ShardId};
+
+#[derive(Clone)]
+struct Item {
+    topic: String,
+    partition: i32,
+    fetch_offset: i64,
+    partition_max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Outcome {
+    error: Option<ResponseError>,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records: Bytes,
+}
+
+pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
+    let started = Instant::now();
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64)
+        .min(Duration::from_millis(ctx.shard.config.fetch_max_wait_ms_max));
+    let deadline = started + wait;
+    let max_bytes = if ctx.api_version >= 3 { req.max_bytes.max(0) as usize } else { usize::MAX };
+    let min_bytes = req.min_bytes.max(0) as usize;
+
+    let mut topics: Vec<(TopicName, Vec<i32>)> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    for t in req.topics {
+        let name = t.topic.0.as_str().to_owned();
+        let mut parts = Vec::new();
+        for p in t.partitions {
+            parts.push(p.partition);
+            items.push(Item {
+                topic: name.clone(),
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                partition_max_bytes: p.partition_max_bytes.max(0) as usize,
+            });
+        }
+        topics.push((t.topic, parts));
+    }
+
+    let outcomes = loop {
+        let mut outcomes = read_all(&ctx.shard, &items).await;
+        let total = trim_to_max_bytes(&mut outcomes, max_bytes);
+        let errored = outcomes.iter().any(|o| o.error.is_some());
+        if total >= min_bytes || errored || Instant::now() >= deadline || ctx.shard.is_stopping() {
+            break outcomes;
+        }
+        wait_for_data(&ctx.shard, &items, deadline).await;
+        if Instant::now() >= deadline {
+            let mut outcomes = read_all(&ctx.shard, &items).await;
+            trim_to_max_bytes(&mut outcomes, max_bytes);
+            break outcomes;
+        }
+    };
+
+    let mut outcomes = outcomes.into_iter();
+    let mut resp = FetchResponse::default();
+    resp.responses = topics
+        .into_iter()
+        .map(|(name, parts)| {
+            let mut tr = FetchableTopicResponse::default();
+            tr.topic = name;
+            tr.partitions = parts
+                .into_iter()
+                .map(|index| {
+                    let o = outcomes.next().unwrap_or_default();
+                    let mut pd = PartitionData::default();
+                    pd.partition_index = index;
+                    pd.error_code = o.error.map(|e| e.code()).unwrap_or(0);
+                    pd.high_watermark = o.high_watermark;
+                    pd.last_stable_offset = o.high_watermark;
+                    pd.log_start_offset = o.log_start_offset;
+                    pd.preferred_read_replica = BrokerId(-1);
+                    pd.records = Some(o.records);
+                    pd
+                })
+                .collect();
+            tr
+        })
+        .collect();
+    resp
+}
+
+/// Keeps whole partitions in request order while they fit in `max_bytes`; the first
+/// non-empty one is always kept so that a large batch cannot stall a consumer (KIP-74).
+fn trim_to_max_bytes(outcomes: &mut [Outcome], max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    for o in outcomes.iter_mut() {
+        let len = o.records.len();
+        if len == 0 {
+            continue;
+        }
+        if total > 0 && total + len > max_bytes {
+            o.records = Bytes::new();
+            continue;
+        }
+        total += len;
+    }
+    total
+}
+
+fn group_by_shard(shard: &Shard, items: &[Item]) -> (BTreeMap<usize, Vec<(usize, Item)>>, Vec<usize>) {
+    let image = shard.metadata();
+    let smp = shard.shard_count();
+    let mut groups: BTreeMap<usize, Vec<(usize, Item)>> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match image.shard_of(&item.topic, item.partition, smp) {
+            Some(s) => groups.entry(s).or_default().push((i, item.clone())),
+            None => unknown.push(i),
+        }
+    }
+    (groups, unknown)
+}
+
+async fn read_all(shard: &Rc<Shard>, items: &[Item]) -> Vec<Outcome> {
+    let (groups, unknown) = group_by_shard(shard, items);
+    let mut outcomes: Vec<Outcome> = items.iter().map(|_| Outcome::default()).collect();
+    for i in unknown {
+        outcomes[i].error = Some(ResponseError::UnknownTopicOrPartition);
+        outcomes[i].high_watermark = -1;
+        outcomes[i].log_start_offset = -1;
+    }
+    let calls = groups.into_iter().map(|(target, group)| {
+        let local = shard.clone();
+        async move {
+            let slots: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
+            let items: Vec<Item> = group.into_iter().map(|(_, it)| it).collect();
+            let r = local.invoke_on(ShardId(target), move |s| read_on_shard(s, items)).await;
+            (slots, r)
+        }
+    });
+    for (slots, result) in futures::future::join_all(calls).await {
+        match result {
+            Ok(v) => {
+                for (slot, o) in slots.into_iter().zip(v) {
+                    outcomes[slot] = o;
+                }
+            }
+            Err(_) => {
+                for slot in slots {
+                    outcomes[slot].error = Some(ResponseError::NotLeaderOrFollower);
+                }
+            }
+        }
+    }
+    outcomes
+}
+
+async fn read_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
+    let reads = items.into_iter().map(|item| {
+        let shard = shard.clone();
+        async move {
+            let Some(p) = shard.partition(&item.topic, item.partition) else {
+                return Outcome {
+                    error: Some(ResponseError::NotLeaderOrFollower),
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    ..Outcome::default()
+                };
+            };
+            match p.log.read(Offset(item.fetch_offset), item.partition_max_bytes, true).await {
+                Ok(r) => Outcome {
+                    error: None,
+                    high_watermark: r.high_watermark.0,
+                    log_start_offset: r.log_start_offset.0,
+                    records: r.records,
+                },
+                Err(e) => {
+                    let code = storage_error(&e);
+                    if code != ResponseError::OffsetOutOfRange {
+                        tracing::warn!(topic = %item.topic, partition = item.partition, error = %e, "fetch failed");
+                    }
+                    Outcome {
+                        error: Some(code),
+                        high_watermark: p.high_watermark().0,
+                        log_start_offset: p.log.log_start_offset().0,
+                        records: Bytes::new(),
+                    }
+                }
+            }
+        }
+    });
+    futures::future::join_all(reads).await
+}
+
+/// Returns when any requested partition has data past its fetch offset, or at `deadline`.
+async fn wait_for_data(shard: &Rc<Shard>, items: &[Item], deadline: Instant) {
+    let (groups, _) = group_by_shard(shard, items);
+    let waits: Vec<_> = groups
+        .into_iter()
+        .map(|(target, group)| {
+            let local = shard.clone();
+            let watch: Vec<(String, i32, i64)> =
+                group.into_iter().map(|(_, it)| (it.topic, it.partition, it.fetch_offset)).collect();
+            Box::pin(async move {
+                let _ = local.invoke_on(ShardId(target), move |s| wait_on_shard(s, watch, deadline)).await;
+            })
+        })
+        .collect();
+    if waits.is_empty() {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        return;
+    }
+    futures::future::select_all(waits).await;
+}
+
+async fn wait_on_shard(shard: Rc<Shard>, watch: Vec<(String, i32, i64)>, deadline: Instant) {
+    let mut listeners = Vec::new();
+    for (topic, partition, offset) in watch {
+        if let Some(p) = shard.partition(&topic, partition) {
+            let listener = p.log.listen_durable();
+            if p.high_watermark().0 > offset {
+                return;
+            }
+            listeners.push(listener);
+        }
+    }
+    let timeout = Box::pin(glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())));
+    if listeners.is_empty() {
+        timeout.await;
+        return;
+    }
+    futures::future::select(futures::future::select_all(listeners), timeout).await;
+}

@@ -1,0 +1,122 @@
+//! ListOffsets (key 2): earliest (-2), latest (-1) and first offset at or after a timestamp.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+
+use crate::api::RequestContext;
+use crate::errors::storage_error;
+use crate::shard::{Shard, ShardId};
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+struct Query {
+    slot: (usize, usize),
+    topic: String,
+    partition: i32,
+    timestamp: i64,
+}
+
+struct Answer {
+    slot: (usize, usize),
+    error: Option<ResponseError>,
+    timestamp: i64,
+    offset: i64,
+}
+
+pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let image = ctx.shard.metadata();
+    let smp = ctx.shard.shard_count();
+    let mut topics = Vec::new();
+    let mut by_shard: BTreeMap<usize, Vec<Query>> = BTreeMap::new();
+    let mut answers = Vec::new();
+    for (ti, t) in req.topics.into_iter().enumerate() {
+        let name = t.name.0.as_str().to_owned();
+        let mut tr = ListOffsetsTopicResponse::default();
+        tr.name = t.name.clone();
+        for (pi, p) in t.partitions.into_iter().enumerate() {
+            let mut pr = ListOffsetsPartitionResponse::default();
+            pr.partition_index = p.partition_index;
+            pr.timestamp = -1;
+            pr.offset = -1;
+            tr.partitions.push(pr);
+            let slot = (ti, pi);
+            match image.shard_of(&name, p.partition_index, smp) {
+                Some(s) => by_shard.entry(s).or_default().push(Query {
+                    slot,
+                    topic: name.clone(),
+                    partition: p.partition_index,
+                    timestamp: p.timestamp,
+                }),
+                None => answers.push(Answer {
+                    slot,
+                    error: Some(ResponseError::UnknownTopicOrPartition),
+                    timestamp: -1,
+                    offset: -1,
+                }),
+            }
+        }
+        topics.push(tr);
+    }
+    let calls = by_shard.into_iter().map(|(target, queries)| {
+        let local = ctx.shard.clone();
+        async move {
+            let slots: Vec<_> = queries.iter().map(|q| q.slot).collect();
+            match local.invoke_on(ShardId(target), move |s| answer_on_shard(s, queries)).await {
+                Ok(v) => v,
+                Err(_) => slots
+                    .into_iter()
+                    .map(|slot| Answer {
+                        slot,
+                        error: Some(ResponseError::NotLeaderOrFollower),
+                        timestamp: -1,
+                        offset: -1,
+                    })
+                    .collect(),
+            }
+        }
+    });
+    for a in answers.into_iter().chain(futures::future::join_all(calls).await.into_iter().flatten()) {
+        let pr = &mut topics[a.slot.0].partitions[a.slot.1];
+        pr.error_code = a.error.map(|e| e.code()).unwrap_or(0);
+        pr.timestamp = a.timestamp;
+        pr.offset = a.offset;
+        pr.leader_epoch = 0;
+    }
+    let mut resp = ListOffsetsResponse::default();
+    resp.topics = topics;
+    resp
+}
+
+async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
+    let mut out = Vec::with_capacity(queries.len());
+    for q in queries {
+        let Some(p) = shard.partition(&q.topic, q.partition) else {
+            out.push(Answer { slot: q.slot, error: Some(ResponseError::NotLeaderOrFollower), timestamp: -1, offset: -1 });
+            continue;
+        };
+        let answer = match q.timestamp {
+            LATEST => Answer { slot: q.slot, error: None, timestamp: -1, offset: p.high_watermark().0 },
+            EARLIEST => Answer { slot: q.slot, error: None, timestamp: -1, offset: p.log.log_start_offset().0 },
+            ts if ts < 0 => Answer {
+                slot: q.slot,
+                error: Some(ResponseError::UnsupportedVersion),
+                timestamp: -1,
+                offset: -1,
+            },
+            ts => match p.log.offset_for_timestamp(ts).await {
+                Ok(Some((offset, found_ts))) => Answer { slot: q.slot, error: None, timestamp: found_ts, offset: offset.0 },
+                Ok(None) => Answer { slot: q.slot, error: None, timestamp: -1, offset: -1 },
+                Err(e) => Answer { slot: q.slot, error: Some(storage_error(&e)), timestamp: -1, offset: -1 },
+            },
+        };
+        out.push(answer);
+    }
+    out
+}

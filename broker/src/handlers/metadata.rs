@@ -1,0 +1,127 @@
+//! Metadata (key 3): brokers, topics, partitions and leaders; auto-creates topics when
+//! `auto.create.topics.enable` and the request allow it.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::str_bytes;
+use crate::api::RequestContext;
+use crate::controller::TopicSpec;
+use crate::metadata::{topic_name, validate_topic_name, TopicMeta};
+use crate::shard::ShardId;
+
+/// Kafka's "authorized operations not requested" marker.
+const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataResponse {
+    let config = &ctx.shard.config;
+    let node = BrokerId(config.node_id);
+    let mut image = ctx.shard.metadata();
+
+    // Which topics: None (or an empty list before v1) means all.
+    let wanted: Option<Vec<(Option<String>, Uuid)>> = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && ctx.api_version == 0 => None,
+        Some(t) => Some(
+            t.into_iter()
+                .map(|t| (t.name.map(|n| n.0.as_str().to_owned()), t.topic_id))
+                .collect(),
+        ),
+    };
+
+    let auto_create = config.auto_create_topics && (ctx.api_version < 4 || req.allow_auto_topic_creation);
+    if let (Some(list), true) = (&wanted, auto_create) {
+        let missing: Vec<TopicSpec> = list
+            .iter()
+            .filter_map(|(name, _)| name.as_ref())
+            .filter(|n| !image.topics.contains_key(*n) && validate_topic_name(n).is_ok())
+            .map(|n| TopicSpec {
+                name: n.clone(),
+                num_partitions: -1,
+                replication_factor: -1,
+                configs: BTreeMap::new(),
+            })
+            .collect();
+        if !missing.is_empty() {
+            let created = ctx
+                .shard
+                .invoke_on(ShardId(0), move |s| async move {
+                    let c = s.controller.clone().expect("shard 0 runs the controller");
+                    c.create_topics(&s, missing, false).await
+                })
+                .await;
+            if let Ok(results) = created {
+                for r in results.iter().filter_map(|r| r.as_ref().err()) {
+                    tracing::warn!(error = %r, "auto-creating topic failed");
+                }
+            }
+            image = ctx.shard.metadata();
+        }
+    }
+
+    let describe = |name: &str, meta: &TopicMeta| {
+        let mut t = MetadataResponseTopic::default();
+        t.name = Some(topic_name(name));
+        t.topic_id = meta.uuid();
+        t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+        t.partitions = (0..meta.partitions.len() as i32)
+            .map(|i| {
+                let mut p = MetadataResponsePartition::default();
+                p.partition_index = i;
+                p.leader_id = node;
+                p.leader_epoch = 0;
+                p.replica_nodes = vec![node];
+                p.isr_nodes = vec![node];
+                p
+            })
+            .collect();
+        t
+    };
+    let error_topic = |name: Option<String>, id: Uuid, code: ResponseError| {
+        let mut t = MetadataResponseTopic::default();
+        t.name = name.map(|n| topic_name(&n));
+        t.topic_id = id;
+        t.error_code = code.code();
+        t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+        t
+    };
+
+    let topics = match wanted {
+        None => image.topics.iter().map(|(n, m)| describe(n, m)).collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|(name, id)| match name {
+                Some(name) => match image.topics.get(&name) {
+                    Some(meta) => describe(&name, meta),
+                    None if validate_topic_name(&name).is_err() => {
+                        error_topic(Some(name), Uuid::nil(), ResponseError::InvalidTopicException)
+                    }
+                    None => error_topic(Some(name), Uuid::nil(), ResponseError::UnknownTopicOrPartition),
+                },
+                None => match image.topic_by_id(id) {
+                    Some((name, meta)) => describe(name, meta),
+                    None => error_topic(None, id, ResponseError::UnknownTopicId),
+                },
+            })
+            .collect(),
+    };
+
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = node;
+    broker.host = str_bytes(config.advertised_host.clone());
+    broker.port = config.advertised_port as i32;
+
+    let mut resp = MetadataResponse::default();
+    resp.brokers = vec![broker];
+    resp.cluster_id = Some(str_bytes(config.cluster_id.clone()));
+    resp.controller_id = node;
+    resp.topics = topics;
+    resp.cluster_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+    resp
+}

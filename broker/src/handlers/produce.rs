@@ -1,0 +1,158 @@
+//! Produce (key 0): partitions are grouped by owning shard, appended there concurrently, and
+//! acknowledged once their bytes are fdatasync'ed (acks=1 and acks=-1 alike on one node).
+//! acks=0 sends no response but still waits for the flush before the connection reads its
+//! next request, which bounds the memory one connection can pin.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+
+use super::{now_ms, str_bytes};
+use crate::api::RequestContext;
+use crate::errors::storage_error;
+use crate::shard::{Shard, ShardId};
+
+struct Item {
+    slot: (usize, usize),
+    topic: String,
+    partition: i32,
+    records: Option<Bytes>,
+}
+
+struct Outcome {
+    slot: (usize, usize),
+    error: Option<(ResponseError, String)>,
+    base_offset: i64,
+    log_start_offset: i64,
+}
+
+pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let smp = ctx.shard.shard_count();
+    let image = ctx.shard.metadata();
+    let mut responses: Vec<TopicProduceResponse> = Vec::with_capacity(req.topic_data.len());
+    let mut by_shard: BTreeMap<usize, Vec<Item>> = BTreeMap::new();
+    let mut early: Vec<Outcome> = Vec::new();
+    for (ti, topic) in req.topic_data.into_iter().enumerate() {
+        let name = topic.name.0.as_str().to_owned();
+        let mut tr = TopicProduceResponse::default();
+        tr.name = topic.name.clone();
+        tr.topic_id = topic.topic_id;
+        for (pi, part) in topic.partition_data.into_iter().enumerate() {
+            let mut pr = PartitionProduceResponse::default();
+            pr.index = part.index;
+            pr.base_offset = -1;
+            pr.log_append_time_ms = -1;
+            pr.log_start_offset = -1;
+            tr.partition_responses.push(pr);
+            let slot = (ti, pi);
+            if !matches!(acks, -1..=1) {
+                early.push(Outcome::error(slot, ResponseError::InvalidRequiredAcks, format!("acks={acks}")));
+                continue;
+            }
+            match image.shard_of(&name, part.index, smp) {
+                Some(shard) => by_shard.entry(shard).or_default().push(Item {
+                    slot,
+                    topic: name.clone(),
+                    partition: part.index,
+                    records: part.records,
+                }),
+                None => early.push(Outcome::error(
+                    slot,
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("{name}-{} does not exist", part.index),
+                )),
+            }
+        }
+        responses.push(tr);
+    }
+
+    let max_batch_bytes = ctx.shard.config.message_max_bytes;
+    let calls = by_shard.into_iter().map(|(shard, items)| {
+        let local = ctx.shard.clone();
+        async move {
+            let n = items.len();
+            let slots: Vec<_> = items.iter().map(|i| i.slot).collect();
+            match local
+                .invoke_on(ShardId(shard), move |s| append_on_shard(s, items, max_batch_bytes))
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => (0..n)
+                    .map(|i| Outcome::error(slots[i], ResponseError::NotLeaderOrFollower, e.to_string()))
+                    .collect(),
+            }
+        }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+
+    if acks == 0 {
+        return None;
+    }
+    for o in early.into_iter().chain(outcomes.into_iter().flatten()) {
+        let pr = &mut responses[o.slot.0].partition_responses[o.slot.1];
+        pr.base_offset = o.base_offset;
+        pr.log_start_offset = o.log_start_offset;
+        if let Some((code, msg)) = o.error {
+            pr.error_code = code.code();
+            pr.error_message = Some(str_bytes(msg));
+        }
+    }
+    let mut resp = ProduceResponse::default();
+    resp.responses = responses;
+    Some(resp)
+}
+
+impl Outcome {
+    fn error(slot: (usize, usize), code: ResponseError, msg: String) -> Outcome {
+        Outcome {
+            slot,
+            error: Some((code, msg)),
+            base_offset: -1,
+            log_start_offset: -1,
+        }
+    }
+}
+
+/// Runs on the owning shard: appends every item, then waits until each is durable.
+async fn append_on_shard(shard: Rc<Shard>, items: Vec<Item>, max_batch_bytes: usize) -> Vec<Outcome> {
+    let now = now_ms();
+    let appends = items.into_iter().map(|item| {
+        let shard = shard.clone();
+        async move {
+            let Some(partition) = shard.partition(&item.topic, item.partition) else {
+                return Outcome::error(
+                    item.slot,
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("{}-{} is not on this shard", item.topic, item.partition),
+                );
+            };
+            let records = item.records.unwrap_or_default();
+            let appended = partition
+                .log
+                .append(&records, partition.leader_epoch.0, max_batch_bytes, now)
+                .await;
+            let result = match appended {
+                Ok(info) => partition.log.wait_durable(info.end_offset).await.map(|_| info),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(info) => Outcome {
+                    slot: item.slot,
+                    error: None,
+                    base_offset: info.base_offset.0,
+                    log_start_offset: info.log_start_offset.0,
+                },
+                Err(e) => {
+                    tracing::warn!(topic = %item.topic, partition = item.partition, error = %e, "produce rejected");
+                    Outcome::error(item.slot, storage_error(&e), e.to_string())
+                }
+            }
+        }
+    });
+    futures::future::join_all(appends).await
+}

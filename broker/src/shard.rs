@@ -1,0 +1,247 @@
+//! The shard runtime: one pinned glommio executor per core, each owning a disjoint set of
+//! partitions, its own group-commit task and its own listener on the shared port.
+//!
+//! Shards share nothing behind locks. Work for a partition another shard owns is sent there
+//! with [`Shard::invoke_on`]: a closure crosses cores over a bounded flume channel (the
+//! target's inbox, `sluice.shard.inbox.capacity`), runs as a task on the owner, and its
+//! result comes back over a one-shot channel. The metadata image is replaced on every shard
+//! by the controller in version order (see `controller.rs`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::Result;
+use replication::{BrokerId, LeaderEpoch, Partition};
+use storage::{GroupCommit, Log};
+
+use crate::config::BrokerConfig;
+use crate::controller::Controller;
+use crate::metadata::{partition_dir, MetadataImage};
+
+/// Index of a shard, 0-based (glommio executor ids start at 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub usize);
+
+type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
+/// A unit of work sent to another shard.
+pub type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> LocalFuture + Send>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0} is not running")]
+pub struct ShardGone(pub usize);
+
+pub struct Shard {
+    pub id: ShardId,
+    pub config: Arc<BrokerConfig>,
+    peers: Vec<flume::Sender<ShardJob>>,
+    metadata: RefCell<Arc<MetadataImage>>,
+    partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
+    pub commit: Rc<GroupCommit>,
+    /// Present on the controller shard only.
+    pub controller: Option<Rc<Controller>>,
+    self_ref: RefCell<std::rc::Weak<Shard>>,
+    stopping: Cell<bool>,
+    /// Fires when listeners must stop accepting.
+    pub stop_listening: event_listener::Event,
+    /// Fires when the shard's main task may return.
+    pub exit: event_listener::Event,
+    inflight: Rc<Cell<usize>>,
+    idle: Rc<event_listener::Event>,
+}
+
+/// Counts a request as in flight until dropped (see [`Shard::drain`]).
+pub struct InflightGuard {
+    inflight: Rc<Cell<usize>>,
+    idle: Rc<event_listener::Event>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.inflight.set(self.inflight.get() - 1);
+        if self.inflight.get() == 0 {
+            self.idle.notify(usize::MAX);
+        }
+    }
+}
+
+impl Shard {
+    pub fn new(
+        id: ShardId,
+        config: Arc<BrokerConfig>,
+        peers: Vec<flume::Sender<ShardJob>>,
+    ) -> Rc<Shard> {
+        let controller = (id.0 == 0).then(|| Rc::new(Controller::new(config.clone())));
+        let shard = Rc::new(Shard {
+            id,
+            config,
+            peers,
+            metadata: RefCell::new(Arc::new(MetadataImage::default())),
+            partitions: RefCell::new(HashMap::new()),
+            commit: GroupCommit::new(),
+            controller,
+            self_ref: RefCell::new(std::rc::Weak::new()),
+            stopping: Cell::new(false),
+            stop_listening: event_listener::Event::new(),
+            exit: event_listener::Event::new(),
+            inflight: Rc::new(Cell::new(0)),
+            idle: Rc::new(event_listener::Event::new()),
+        });
+        *shard.self_ref.borrow_mut() = Rc::downgrade(&shard);
+        shard
+    }
+
+    fn rc(&self) -> Rc<Shard> {
+        self.self_ref.borrow().upgrade().expect("shard alive while running")
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn metadata(&self) -> Arc<MetadataImage> {
+        self.metadata.borrow().clone()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Runs `f` on shard `target` and returns its result. Local calls run inline.
+    pub async fn invoke_on<T, F, Fut>(&self, target: ShardId, f: F) -> Result<T, ShardGone>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        if target == self.id {
+            return Ok(f(self.rc()).await);
+        }
+        let (tx, rx) = flume::bounded(1);
+        let job: ShardJob = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = tx.send(f(shard).await);
+            })
+        });
+        self.peers[target.0]
+            .send_async(job)
+            .await
+            .map_err(|_| ShardGone(target.0))?;
+        rx.recv_async().await.map_err(|_| ShardGone(target.0))
+    }
+
+    /// Runs jobs sent by other shards until every sender is gone.
+    pub async fn serve_inbox(self: Rc<Self>, inbox: flume::Receiver<ShardJob>) {
+        while let Ok(job) = inbox.recv_async().await {
+            glommio::spawn_local(job(self.clone())).detach();
+        }
+    }
+
+    /// The partition leader on this shard, if it owns one.
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
+        self.partitions.borrow().get(&(topic.to_owned(), partition)).cloned()
+    }
+
+    /// Installs a newer metadata image: opens logs of partitions this shard now owns, closes
+    /// and deletes logs of topics that are gone.
+    pub async fn apply_metadata(&self, image: Arc<MetadataImage>) -> Result<()> {
+        if image.version < self.metadata.borrow().version {
+            return Ok(());
+        }
+        let smp = self.shard_count();
+        let mut to_open = Vec::new();
+        for (name, topic) in &image.topics {
+            for (p, meta) in topic.partitions.iter().enumerate() {
+                let key = (name.clone(), p as i32);
+                if meta.shard % smp == self.id.0 && !self.partitions.borrow().contains_key(&key) {
+                    to_open.push(key);
+                }
+            }
+        }
+        let gone: Vec<(String, i32)> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(|(t, p)| {
+                image
+                    .topics
+                    .get(t)
+                    .is_none_or(|meta| *p as usize >= meta.partitions.len())
+            })
+            .cloned()
+            .collect();
+        for key in gone {
+            let removed = self.partitions.borrow_mut().remove(&key);
+            if let Some(p) = removed {
+                tracing::info!(topic = %key.0, partition = key.1, "deleting partition log");
+                if let Err(e) = p.log.delete().await {
+                    tracing::warn!(error = %e, "cannot delete partition log");
+                }
+            }
+        }
+        for (topic, index) in to_open {
+            let dir = partition_dir(&self.config.data_dir, &topic, index);
+            let log = Log::open(&dir, self.config.log.clone(), self.commit.clone()).await?;
+            let partition = Rc::new(Partition {
+                topic: topic.clone(),
+                index,
+                log,
+                leader_epoch: LeaderEpoch(0),
+                leader: BrokerId(self.config.node_id),
+            });
+            self.partitions.borrow_mut().insert((topic, index), partition);
+        }
+        *self.metadata.borrow_mut() = image;
+        Ok(())
+    }
+
+    pub fn begin_request(&self) -> InflightGuard {
+        self.inflight.set(self.inflight.get() + 1);
+        InflightGuard {
+            inflight: self.inflight.clone(),
+            idle: self.idle.clone(),
+        }
+    }
+
+    /// Stops accepting connections and requests, then waits (at most `timeout`) for the
+    /// requests in flight to be answered.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        self.stopping.set(true);
+        self.stop_listening.notify(usize::MAX);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.inflight.get() > 0 {
+            let idle = self.idle.listen();
+            if self.inflight.get() == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(shard = self.id.0, inflight = self.inflight.get(), "requests still in flight at shutdown");
+                break;
+            }
+            futures::future::select(idle, Box::pin(glommio::timer::sleep(left))).await;
+        }
+    }
+
+    /// Flushes and closes every log of this shard.
+    pub async fn close_logs(&self) {
+        self.stopping.set(true);
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for p in parts {
+            if let Err(e) = p.log.close().await {
+                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "close failed");
+            }
+        }
+        self.commit.stop();
+    }
+
+    /// Partitions this shard owns (for tests and admin).
+    pub fn owned_partitions(&self) -> Vec<(String, i32)> {
+        let mut v: Vec<_> = self.partitions.borrow().keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
