@@ -22,14 +22,46 @@ pub struct ApiRange {
 /// because librdkafka derives features (compression among them) from those minimums;
 /// versions older than the codec can decode (Produce < 3, Fetch < 4) close the connection.
 pub const SUPPORTED_APIS: &[ApiRange] = &[
-    ApiRange { key: ApiKey::Produce, min: 0, max: 11 },
-    ApiRange { key: ApiKey::Fetch, min: 0, max: 12 },
-    ApiRange { key: ApiKey::ListOffsets, min: 1, max: 6 },
-    ApiRange { key: ApiKey::Metadata, min: 0, max: 12 },
-    ApiRange { key: ApiKey::FindCoordinator, min: 0, max: 4 },
-    ApiRange { key: ApiKey::ApiVersions, min: 0, max: 4 },
-    ApiRange { key: ApiKey::CreateTopics, min: 2, max: 7 },
-    ApiRange { key: ApiKey::DeleteTopics, min: 1, max: 6 },
+    ApiRange {
+        key: ApiKey::Produce,
+        min: 0,
+        max: 11,
+    },
+    ApiRange {
+        key: ApiKey::Fetch,
+        min: 0,
+        max: 12,
+    },
+    ApiRange {
+        key: ApiKey::ListOffsets,
+        min: 1,
+        max: 6,
+    },
+    ApiRange {
+        key: ApiKey::Metadata,
+        min: 0,
+        max: 12,
+    },
+    ApiRange {
+        key: ApiKey::FindCoordinator,
+        min: 0,
+        max: 4,
+    },
+    ApiRange {
+        key: ApiKey::ApiVersions,
+        min: 0,
+        max: 4,
+    },
+    ApiRange {
+        key: ApiKey::CreateTopics,
+        min: 2,
+        max: 7,
+    },
+    ApiRange {
+        key: ApiKey::DeleteTopics,
+        min: 1,
+        max: 6,
+    },
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<ApiRange> {
@@ -90,21 +122,34 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope) -> Reply {
         client_id: env.client_id.clone(),
     };
     let response = match request {
-        RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(handlers::api_versions::handle(&ctx, r)),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(handlers::metadata::handle(&ctx, r).await),
-        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(handlers::create_topics::handle(&ctx, r).await),
-        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(handlers::delete_topics::handle(&ctx, r).await),
+        RequestKind::ApiVersions(r) => {
+            ResponseKind::ApiVersions(handlers::api_versions::handle(&ctx, r))
+        }
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(handlers::metadata::handle(&ctx, r).await)
+        }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(handlers::create_topics::handle(&ctx, r).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(handlers::delete_topics::handle(&ctx, r).await)
+        }
         RequestKind::Produce(r) => match handlers::produce::handle(&ctx, r).await {
             Some(resp) => ResponseKind::Produce(resp),
             None => return Reply::Nothing,
         },
         RequestKind::Fetch(r) => ResponseKind::Fetch(handlers::fetch::handle(&ctx, r).await),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(handlers::list_offsets::handle(&ctx, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(handlers::list_offsets::handle(&ctx, r).await)
+        }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(handlers::find_coordinator::handle(&ctx, r))
         }
         other => {
-            return Reply::Close(format!("no handler for {:?}", std::mem::discriminant(&other)));
+            return Reply::Close(format!(
+                "no handler for {:?}",
+                std::mem::discriminant(&other)
+            ));
         }
     };
     encode(env.api_key, env.api_version, env.correlation_id, &response)

@@ -55,7 +55,9 @@ impl Default for BrokerConfig {
             advertised_port: 9092,
             data_dir: PathBuf::from("./sluice-data"),
             node_id: 0,
-            smp: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            smp: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             num_partitions: 1,
             auto_create_topics: true,
             delete_topic_enable: true,
@@ -92,7 +94,12 @@ pub fn read_properties(path: &Path) -> Result<BTreeMap<String, String>> {
 /// `SLUICE_LOG_SEGMENT_BYTES=…` becomes `log.segment.bytes=…`. The variables that the
 /// command line reads itself (listen, data dir, smp, config) are skipped here.
 pub fn env_properties() -> BTreeMap<String, String> {
-    const CLI_VARS: [&str; 4] = ["SLUICE_LISTEN", "SLUICE_DATA_DIR", "SLUICE_SMP", "SLUICE_CONFIG"];
+    const CLI_VARS: [&str; 4] = [
+        "SLUICE_LISTEN",
+        "SLUICE_DATA_DIR",
+        "SLUICE_SMP",
+        "SLUICE_CONFIG",
+    ];
     std::env::vars()
         .filter(|(k, _)| k.starts_with("SLUICE_") && !CLI_VARS.contains(&k.as_str()))
         .map(|(k, v)| (k["SLUICE_".len()..].to_lowercase().replace('_', "."), v))
@@ -154,7 +161,9 @@ impl BrokerConfig {
                 "sluice.log.preallocate.bytes" => self.log.preallocate_bytes = parse(key, value)?,
                 "sluice.log.write.buffer.bytes" => self.log.write_buffer_bytes = parse(key, value)?,
                 "cluster.id" => self.cluster_id = value.clone(),
-                _ => tracing::warn!(property = %key, "unknown or not yet supported property ignored"),
+                _ => {
+                    tracing::warn!(property = %key, "unknown or not yet supported property ignored")
+                }
             }
         }
         match advertised {
@@ -223,9 +232,13 @@ mod tests {
     #[test]
     fn bad_values_are_rejected() {
         let mut c = BrokerConfig::default();
-        let props = [("num.partitions".to_owned(), "zero".to_owned())].into_iter().collect();
+        let props = [("num.partitions".to_owned(), "zero".to_owned())]
+            .into_iter()
+            .collect();
         assert!(c.apply(&props).is_err());
-        let props = [("num.partitions".to_owned(), "0".to_owned())].into_iter().collect();
+        let props = [("num.partitions".to_owned(), "0".to_owned())]
+            .into_iter()
+            .collect();
         assert!(c.apply(&props).is_err());
     }
 }

@@ -76,7 +76,11 @@ impl Controller {
     /// Loads the persisted image and publishes it to every shard.
     pub async fn bootstrap(&self, shard: &Shard) -> Result<()> {
         let image = MetadataImage::load(&self.config.data_dir)?;
-        tracing::info!(topics = image.topics.len(), version = image.version, "metadata loaded");
+        tracing::info!(
+            topics = image.topics.len(),
+            version = image.version,
+            "metadata loaded"
+        );
         *self.image.borrow_mut() = image.clone();
         self.publish(shard, Arc::new(image)).await
     }
@@ -89,7 +93,11 @@ impl Controller {
                 s.apply_metadata(image).await.map_err(|e| e.to_string())
             }));
         }
-        for (target, r) in futures::future::join_all(waits).await.into_iter().enumerate() {
+        for (target, r) in futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .enumerate()
+        {
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => anyhow::bail!("shard {target} could not apply metadata: {e}"),
@@ -106,7 +114,10 @@ impl Controller {
         validate_only: bool,
     ) -> Vec<Result<TopicMeta, CreateTopicError>> {
         let Ok(_permit) = self.lock.acquire_permit(1).await else {
-            return specs.iter().map(|_| Err(CreateTopicError::Storage("controller stopped".into()))).collect();
+            return specs
+                .iter()
+                .map(|_| Err(CreateTopicError::Storage("controller stopped".into())))
+                .collect();
         };
         let mut next = self.image.borrow().clone();
         let mut load = vec![0usize; shard.shard_count()];
@@ -186,17 +197,32 @@ impl Controller {
         Ok(topic)
     }
 
-    pub async fn delete_topics(&self, shard: &Shard, names: Vec<String>) -> Vec<Result<(), DeleteTopicError>> {
+    pub async fn delete_topics(
+        &self,
+        shard: &Shard,
+        names: Vec<String>,
+    ) -> Vec<Result<(), DeleteTopicError>> {
         if !self.config.delete_topic_enable {
-            return names.iter().map(|_| Err(DeleteTopicError::Disabled)).collect();
+            return names
+                .iter()
+                .map(|_| Err(DeleteTopicError::Disabled))
+                .collect();
         }
         let Ok(_permit) = self.lock.acquire_permit(1).await else {
-            return names.iter().map(|_| Err(DeleteTopicError::Storage("controller stopped".into()))).collect();
+            return names
+                .iter()
+                .map(|_| Err(DeleteTopicError::Storage("controller stopped".into())))
+                .collect();
         };
         let mut next = self.image.borrow().clone();
         let results: Vec<_> = names
             .iter()
-            .map(|n| next.topics.remove(n).map(|_| ()).ok_or(DeleteTopicError::Unknown))
+            .map(|n| {
+                next.topics
+                    .remove(n)
+                    .map(|_| ())
+                    .ok_or(DeleteTopicError::Unknown)
+            })
             .collect();
         if results.iter().all(|r| r.is_err()) {
             return results;

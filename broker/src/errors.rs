@@ -25,7 +25,9 @@ pub fn create_topic_error(e: &CreateTopicError) -> ResponseError {
         CreateTopicError::AlreadyExists => ResponseError::TopicAlreadyExists,
         CreateTopicError::InvalidName(_) => ResponseError::InvalidTopicException,
         CreateTopicError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
-        CreateTopicError::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
+        CreateTopicError::InvalidReplicationFactor { .. } => {
+            ResponseError::InvalidReplicationFactor
+        }
         CreateTopicError::Storage(_) => ResponseError::KafkaStorageError,
     }
 }

@@ -20,7 +20,11 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: protocol::alloc::GuardedAlloc = protocol::alloc::GuardedAlloc;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Kafka-compatible thread-per-core broker")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka-compatible thread-per-core broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
-use uuid::Uuid;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PartitionMeta {
@@ -60,7 +60,8 @@ impl MetadataImage {
     pub fn load(data_dir: &Path) -> Result<MetadataImage> {
         let path = Self::path(data_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MetadataImage::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -109,7 +110,9 @@ pub fn validate_topic_name(name: &str) -> std::result::Result<(), &'static str> 
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
     {
-        return Err("topic name contains characters other than ASCII alphanumerics, '.', '_' and '-'");
+        return Err(
+            "topic name contains characters other than ASCII alphanumerics, '.', '_' and '-'",
+        );
     }
     Ok(())
 }

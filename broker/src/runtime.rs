@@ -26,9 +26,21 @@ pub fn run(config: BrokerConfig) -> Result<()> {
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config)?;
     // glommio binds with SO_REUSEPORT, which would let a second broker (or a stale one)
-    // share the port silently; a plain bind first turns that into an error.
-    std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("address {} is in use", config.listen))?;
+    // share the port silently. A plain bind would also trip over TIME_WAIT connections of a
+    // previous run, so probe for a live listener instead.
+    let probe = if config.listen.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), config.listen.port())
+    } else {
+        config.listen
+    };
+    if config.listen.port() != 0
+        && std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
+    {
+        bail!(
+            "address {} is already served by another process",
+            config.listen
+        );
+    }
 
     let signals = block_signals()?;
     let config = Arc::new(config);
@@ -40,7 +52,9 @@ pub fn run(config: BrokerConfig) -> Result<()> {
         senders.push(tx);
         inboxes.push(rx);
     }
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut handles = Vec::new();
     for (i, inbox) in inboxes.into_iter().enumerate() {
         let config = config.clone();
@@ -96,11 +110,16 @@ pub fn run(config: BrokerConfig) -> Result<()> {
 
 /// On shard 0: load metadata, open every shard's logs, then start every listener.
 async fn bootstrap(shard: &std::rc::Rc<Shard>) -> Result<()> {
-    let controller = shard.controller.clone().expect("shard 0 runs the controller");
+    let controller = shard
+        .controller
+        .clone()
+        .expect("shard 0 runs the controller");
     controller.bootstrap(shard).await?;
     for target in 0..shard.shard_count() {
         shard
-            .invoke_on(ShardId(target), |s| async move { start_listener(s).map_err(|e| format!("{e:#}")) })
+            .invoke_on(ShardId(target), |s| async move {
+                start_listener(s).map_err(|e| format!("{e:#}"))
+            })
             .await?
             .map_err(anyhow::Error::msg)?;
     }
@@ -109,25 +128,34 @@ async fn bootstrap(shard: &std::rc::Rc<Shard>) -> Result<()> {
 
 fn shutdown(senders: &[flume::Sender<ShardJob>]) {
     let phase = |make: &dyn Fn() -> ShardJob| {
-        let waits: Vec<_> = senders.iter().filter_map(|s| {
-            let (tx, rx) = flume::bounded::<()>(1);
-            let job = make();
-            let wrapped: ShardJob = Box::new(move |shard| {
-                Box::pin(async move {
-                    job(shard).await;
-                    let _ = tx.send(());
-                })
-            });
-            s.send(wrapped).ok().map(|_| rx)
-        }).collect();
+        let waits: Vec<_> = senders
+            .iter()
+            .filter_map(|s| {
+                let (tx, rx) = flume::bounded::<()>(1);
+                let job = make();
+                let wrapped: ShardJob = Box::new(move |shard| {
+                    Box::pin(async move {
+                        job(shard).await;
+                        let _ = tx.send(());
+                    })
+                });
+                s.send(wrapped).ok().map(|_| rx)
+            })
+            .collect();
         for rx in waits {
             let _ = rx.recv();
         }
     };
-    phase(&|| Box::new(|s: std::rc::Rc<Shard>| Box::pin(async move { s.drain(SHUTDOWN_DRAIN).await })));
+    phase(&|| {
+        Box::new(|s: std::rc::Rc<Shard>| Box::pin(async move { s.drain(SHUTDOWN_DRAIN).await }))
+    });
     phase(&|| Box::new(|s: std::rc::Rc<Shard>| Box::pin(async move { s.close_logs().await })));
     for s in senders {
-        let _ = s.send(Box::new(|s: std::rc::Rc<Shard>| Box::pin(async move { s.exit.notify(usize::MAX); })));
+        let _ = s.send(Box::new(|s: std::rc::Rc<Shard>| {
+            Box::pin(async move {
+                s.exit.notify(usize::MAX);
+            })
+        }));
     }
 }
 
@@ -174,7 +202,10 @@ fn lock_data_dir(config: &BrokerConfig) -> Result<std::fs::File> {
     // SAFETY: flock on a file descriptor we own.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        bail!("data dir {} is in use by another broker", config.data_dir.display());
+        bail!(
+            "data dir {} is in use by another broker",
+            config.data_dir.display()
+        );
     }
     Ok(file)
 }

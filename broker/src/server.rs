@@ -34,7 +34,9 @@ pub fn start_listener(shard: Rc<Shard>) -> Result<SocketAddr> {
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let limit = Rc::new(Semaphore::new(shard.config.max_connections_per_shard as u64));
+    let limit = Rc::new(Semaphore::new(
+        shard.config.max_connections_per_shard as u64,
+    ));
     loop {
         let permit = match limit.acquire_static_permit(1).await {
             Ok(p) => p,
@@ -55,7 +57,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         };
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             if let Err(e) = serve_connection(&shard, stream, &peer).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
@@ -77,7 +82,11 @@ enum ConnectionEnd {
     Refused(String),
 }
 
-async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> Result<(), ConnectionEnd> {
+async fn serve_connection(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    peer: &str,
+) -> Result<(), ConnectionEnd> {
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
     let mut reader = BufReader::with_capacity(CONNECTION_READ_BUFFER_BYTES, stream);
     let max_bytes = shard.config.socket_request_max_bytes;
@@ -87,7 +96,11 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> R
         }
         let mut prefix = [0u8; 4];
         if let Err(e) = reader.read_exact(&mut prefix).await {
-            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof { ConnectionEnd::Eof } else { e.into() });
+            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ConnectionEnd::Eof
+            } else {
+                e.into()
+            });
         }
         let length = frame_length(prefix, max_bytes).inspect_err(|e| {
             tracing::warn!(%peer, error = %e, "closing connection: bad frame length");

@@ -95,7 +95,10 @@ impl Shard {
     }
 
     fn rc(&self) -> Rc<Shard> {
-        self.self_ref.borrow().upgrade().expect("shard alive while running")
+        self.self_ref
+            .borrow()
+            .upgrade()
+            .expect("shard alive while running")
     }
 
     pub fn shard_count(&self) -> usize {
@@ -142,7 +145,10 @@ impl Shard {
 
     /// The partition leader on this shard, if it owns one.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
-        self.partitions.borrow().get(&(topic.to_owned(), partition)).cloned()
+        self.partitions
+            .borrow()
+            .get(&(topic.to_owned(), partition))
+            .cloned()
     }
 
     /// Installs a newer metadata image: opens logs of partitions this shard now owns, closes
@@ -192,7 +198,9 @@ impl Shard {
                 leader_epoch: LeaderEpoch(0),
                 leader: BrokerId(self.config.node_id),
             });
-            self.partitions.borrow_mut().insert((topic, index), partition);
+            self.partitions
+                .borrow_mut()
+                .insert((topic, index), partition);
         }
         *self.metadata.borrow_mut() = image;
         Ok(())
@@ -219,7 +227,11 @@ impl Shard {
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                tracing::warn!(shard = self.id.0, inflight = self.inflight.get(), "requests still in flight at shutdown");
+                tracing::warn!(
+                    shard = self.id.0,
+                    inflight = self.inflight.get(),
+                    "requests still in flight at shutdown"
+                );
                 break;
             }
             futures::future::select(idle, Box::pin(glommio::timer::sleep(left))).await;

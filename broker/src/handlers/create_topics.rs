@@ -28,11 +28,26 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> CreateTop
         r.num_partitions = -1;
         r.replication_factor = -1;
         let invalid = if counts[&name] > 1 {
-            Some((ResponseError::InvalidRequest, "topic named more than once in the request".to_owned()))
-        } else if !t.assignments.is_empty() && (t.num_partitions != -1 || t.replication_factor != -1) {
-            Some((ResponseError::InvalidRequest, "both assignments and partition count given".to_owned()))
-        } else if t.assignments.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node) {
-            Some((ResponseError::InvalidReplicaAssignment, format!("only broker {node} exists")))
+            Some((
+                ResponseError::InvalidRequest,
+                "topic named more than once in the request".to_owned(),
+            ))
+        } else if !t.assignments.is_empty()
+            && (t.num_partitions != -1 || t.replication_factor != -1)
+        {
+            Some((
+                ResponseError::InvalidRequest,
+                "both assignments and partition count given".to_owned(),
+            ))
+        } else if t
+            .assignments
+            .iter()
+            .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node)
+        {
+            Some((
+                ResponseError::InvalidReplicaAssignment,
+                format!("only broker {node} exists"),
+            ))
         } else {
             None
         };
@@ -42,7 +57,11 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> CreateTop
             results.push(r);
             continue;
         }
-        let num_partitions = if t.assignments.is_empty() { t.num_partitions } else { t.assignments.len() as i32 };
+        let num_partitions = if t.assignments.is_empty() {
+            t.num_partitions
+        } else {
+            t.assignments.len() as i32
+        };
         let configs: BTreeMap<String, String> = t
             .configs
             .into_iter()

@@ -19,7 +19,10 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> DeleteTop
             .into_iter()
             .map(|t| match t.name {
                 Some(n) => (Some(n.0.as_str().to_owned()), t.topic_id),
-                None => (image.topic_by_id(t.topic_id).map(|(n, _)| n.clone()), t.topic_id),
+                None => (
+                    image.topic_by_id(t.topic_id).map(|(n, _)| n.clone()),
+                    t.topic_id,
+                ),
             })
             .collect()
     } else {
@@ -37,7 +40,10 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> DeleteTop
         })
         .await;
     let mut outcomes = match outcome {
-        Ok(v) => v.into_iter().map(|r| r.map_err(|e| (delete_topic_error(&e), e.to_string()))).collect(),
+        Ok(v) => v
+            .into_iter()
+            .map(|r| r.map_err(|e| (delete_topic_error(&e), e.to_string())))
+            .collect(),
         Err(e) => vec![Err((ResponseError::KafkaStorageError, e.to_string())); asked.len()],
     }
     .into_iter();

@@ -38,10 +38,15 @@ struct Outcome {
 
 pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
     let started = Instant::now();
-    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64)
-        .min(Duration::from_millis(ctx.shard.config.fetch_max_wait_ms_max));
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(Duration::from_millis(
+        ctx.shard.config.fetch_max_wait_ms_max,
+    ));
     let deadline = started + wait;
-    let max_bytes = if ctx.api_version >= 3 { req.max_bytes.max(0) as usize } else { usize::MAX };
+    let max_bytes = if ctx.api_version >= 3 {
+        req.max_bytes.max(0) as usize
+    } else {
+        usize::MAX
+    };
     let min_bytes = req.min_bytes.max(0) as usize;
 
     let mut topics: Vec<(TopicName, Vec<i32>)> = Vec::new();
@@ -122,7 +127,10 @@ fn trim_to_max_bytes(outcomes: &mut [Outcome], max_bytes: usize) -> usize {
     total
 }
 
-fn group_by_shard(shard: &Shard, items: &[Item]) -> (BTreeMap<usize, Vec<(usize, Item)>>, Vec<usize>) {
+fn group_by_shard(
+    shard: &Shard,
+    items: &[Item],
+) -> (BTreeMap<usize, Vec<(usize, Item)>>, Vec<usize>) {
     let image = shard.metadata();
     let smp = shard.shard_count();
     let mut groups: BTreeMap<usize, Vec<(usize, Item)>> = BTreeMap::new();
@@ -149,7 +157,9 @@ async fn read_all(shard: &Rc<Shard>, items: &[Item]) -> Vec<Outcome> {
         async move {
             let slots: Vec<usize> = group.iter().map(|(i, _)| *i).collect();
             let items: Vec<Item> = group.into_iter().map(|(_, it)| it).collect();
-            let r = local.invoke_on(ShardId(target), move |s| read_on_shard(s, items)).await;
+            let r = local
+                .invoke_on(ShardId(target), move |s| read_on_shard(s, items))
+                .await;
             (slots, r)
         }
     });
@@ -214,10 +224,14 @@ async fn wait_for_data(shard: &Rc<Shard>, items: &[Item], deadline: Instant) {
         .into_iter()
         .map(|(target, group)| {
             let local = shard.clone();
-            let watch: Vec<(String, i32, i64)> =
-                group.into_iter().map(|(_, it)| (it.topic, it.partition, it.fetch_offset)).collect();
+            let watch: Vec<(String, i32, i64)> = group
+                .into_iter()
+                .map(|(_, it)| (it.topic, it.partition, it.fetch_offset))
+                .collect();
             Box::pin(async move {
-                let _ = local.invoke_on(ShardId(target), move |s| wait_on_shard(s, watch, deadline)).await;
+                let _ = local
+                    .invoke_on(ShardId(target), move |s| wait_on_shard(s, watch, deadline))
+                    .await;
             })
         })
         .collect();
@@ -239,7 +253,9 @@ async fn wait_on_shard(shard: Rc<Shard>, watch: Vec<(String, i32, i64)>, deadlin
             listeners.push(listener);
         }
     }
-    let timeout = Box::pin(glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())));
+    let timeout = Box::pin(glommio::timer::sleep(
+        deadline.saturating_duration_since(Instant::now()),
+    ));
     if listeners.is_empty() {
         timeout.await;
         return;

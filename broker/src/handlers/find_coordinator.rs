@@ -10,7 +10,9 @@ use crate::api::RequestContext;
 
 pub fn handle(ctx: &RequestContext, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
     let code = ResponseError::CoordinatorNotAvailable.code();
-    let message = Some(str_bytes("group and transaction coordinators are not available yet"));
+    let message = Some(str_bytes(
+        "group and transaction coordinators are not available yet",
+    ));
     let mut resp = FindCoordinatorResponse::default();
     if ctx.api_version >= 4 {
         resp.coordinators = req

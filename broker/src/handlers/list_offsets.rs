@@ -68,7 +68,10 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
         let local = ctx.shard.clone();
         async move {
             let slots: Vec<_> = queries.iter().map(|q| q.slot).collect();
-            match local.invoke_on(ShardId(target), move |s| answer_on_shard(s, queries)).await {
+            match local
+                .invoke_on(ShardId(target), move |s| answer_on_shard(s, queries))
+                .await
+            {
                 Ok(v) => v,
                 Err(_) => slots
                     .into_iter()
@@ -82,7 +85,10 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
             }
         }
     });
-    for a in answers.into_iter().chain(futures::future::join_all(calls).await.into_iter().flatten()) {
+    for a in answers
+        .into_iter()
+        .chain(futures::future::join_all(calls).await.into_iter().flatten())
+    {
         let pr = &mut topics[a.slot.0].partitions[a.slot.1];
         pr.error_code = a.error.map(|e| e.code()).unwrap_or(0);
         pr.timestamp = a.timestamp;
@@ -98,12 +104,27 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
     let mut out = Vec::with_capacity(queries.len());
     for q in queries {
         let Some(p) = shard.partition(&q.topic, q.partition) else {
-            out.push(Answer { slot: q.slot, error: Some(ResponseError::NotLeaderOrFollower), timestamp: -1, offset: -1 });
+            out.push(Answer {
+                slot: q.slot,
+                error: Some(ResponseError::NotLeaderOrFollower),
+                timestamp: -1,
+                offset: -1,
+            });
             continue;
         };
         let answer = match q.timestamp {
-            LATEST => Answer { slot: q.slot, error: None, timestamp: -1, offset: p.high_watermark().0 },
-            EARLIEST => Answer { slot: q.slot, error: None, timestamp: -1, offset: p.log.log_start_offset().0 },
+            LATEST => Answer {
+                slot: q.slot,
+                error: None,
+                timestamp: -1,
+                offset: p.high_watermark().0,
+            },
+            EARLIEST => Answer {
+                slot: q.slot,
+                error: None,
+                timestamp: -1,
+                offset: p.log.log_start_offset().0,
+            },
             ts if ts < 0 => Answer {
                 slot: q.slot,
                 error: Some(ResponseError::UnsupportedVersion),
@@ -111,9 +132,24 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
                 offset: -1,
             },
             ts => match p.log.offset_for_timestamp(ts).await {
-                Ok(Some((offset, found_ts))) => Answer { slot: q.slot, error: None, timestamp: found_ts, offset: offset.0 },
-                Ok(None) => Answer { slot: q.slot, error: None, timestamp: -1, offset: -1 },
-                Err(e) => Answer { slot: q.slot, error: Some(storage_error(&e)), timestamp: -1, offset: -1 },
+                Ok(Some((offset, found_ts))) => Answer {
+                    slot: q.slot,
+                    error: None,
+                    timestamp: found_ts,
+                    offset: offset.0,
+                },
+                Ok(None) => Answer {
+                    slot: q.slot,
+                    error: None,
+                    timestamp: -1,
+                    offset: -1,
+                },
+                Err(e) => Answer {
+                    slot: q.slot,
+                    error: Some(storage_error(&e)),
+                    timestamp: -1,
+                    offset: -1,
+                },
             },
         };
         out.push(answer);

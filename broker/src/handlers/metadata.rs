@@ -35,7 +35,8 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
         ),
     };
 
-    let auto_create = config.auto_create_topics && (ctx.api_version < 4 || req.allow_auto_topic_creation);
+    let auto_create =
+        config.auto_create_topics && (ctx.api_version < 4 || req.allow_auto_topic_creation);
     if let (Some(list), true) = (&wanted, auto_create) {
         let missing: Vec<TopicSpec> = list
             .iter()
@@ -99,10 +100,16 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
             .map(|(name, id)| match name {
                 Some(name) => match image.topics.get(&name) {
                     Some(meta) => describe(&name, meta),
-                    None if validate_topic_name(&name).is_err() => {
-                        error_topic(Some(name), Uuid::nil(), ResponseError::InvalidTopicException)
-                    }
-                    None => error_topic(Some(name), Uuid::nil(), ResponseError::UnknownTopicOrPartition),
+                    None if validate_topic_name(&name).is_err() => error_topic(
+                        Some(name),
+                        Uuid::nil(),
+                        ResponseError::InvalidTopicException,
+                    ),
+                    None => error_topic(
+                        Some(name),
+                        Uuid::nil(),
+                        ResponseError::UnknownTopicOrPartition,
+                    ),
                 },
                 None => match image.topic_by_id(id) {
                     Some((name, meta)) => describe(name, meta),

@@ -51,7 +51,11 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
             tr.partition_responses.push(pr);
             let slot = (ti, pi);
             if !matches!(acks, -1..=1) {
-                early.push(Outcome::error(slot, ResponseError::InvalidRequiredAcks, format!("acks={acks}")));
+                early.push(Outcome::error(
+                    slot,
+                    ResponseError::InvalidRequiredAcks,
+                    format!("acks={acks}"),
+                ));
                 continue;
             }
             match image.shard_of(&name, part.index, smp) {
@@ -78,12 +82,16 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
             let n = items.len();
             let slots: Vec<_> = items.iter().map(|i| i.slot).collect();
             match local
-                .invoke_on(ShardId(shard), move |s| append_on_shard(s, items, max_batch_bytes))
+                .invoke_on(ShardId(shard), move |s| {
+                    append_on_shard(s, items, max_batch_bytes)
+                })
                 .await
             {
                 Ok(v) => v,
                 Err(e) => (0..n)
-                    .map(|i| Outcome::error(slots[i], ResponseError::NotLeaderOrFollower, e.to_string()))
+                    .map(|i| {
+                        Outcome::error(slots[i], ResponseError::NotLeaderOrFollower, e.to_string())
+                    })
                     .collect(),
             }
         }
@@ -119,7 +127,11 @@ impl Outcome {
 }
 
 /// Runs on the owning shard: appends every item, then waits until each is durable.
-async fn append_on_shard(shard: Rc<Shard>, items: Vec<Item>, max_batch_bytes: usize) -> Vec<Outcome> {
+async fn append_on_shard(
+    shard: Rc<Shard>,
+    items: Vec<Item>,
+    max_batch_bytes: usize,
+) -> Vec<Outcome> {
     let now = now_ms();
     let appends = items.into_iter().map(|item| {
         let shard = shard.clone();

@@ -1,0 +1,347 @@
+//! Test support: runs the real `sluice` binary and talks to it with a minimal blocking
+//! Kafka client built on the `kafka-protocol` codecs.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+pub struct Broker {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    smp: usize,
+    props: Vec<String>,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Broker {
+    pub fn start(data_dir: &Path, smp: usize, props: &[&str]) -> Broker {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut b = Broker {
+            addr,
+            data_dir: data_dir.to_owned(),
+            log_path: data_dir.with_extension("broker.log"),
+            smp,
+            props: props.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("start")
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--smp")
+            .arg(self.smp.to_string());
+        for p in &self.props {
+            cmd.arg("--prop").arg(p);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("broker exited at start-up with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "broker exited with {status}: {}",
+                self.log()
+            );
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    correlation: i32,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            correlation: 0,
+        }
+    }
+
+    pub fn encode_request<R: Request>(&mut self, req: &R, version: i16) -> Bytes {
+        self.correlation += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(StrBytes::from_static_str("sluice-test"));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, R::header_version(version))
+            .unwrap();
+        req.encode(&mut body, version).unwrap();
+        let mut frame = BytesMut::new();
+        frame.extend_from_slice(&(body.len() as i32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame.freeze()
+    }
+
+    /// Sends a request and decodes its response, or `None` if the broker closed the socket.
+    pub fn try_send<R: Request>(&mut self, req: &R, version: i16) -> Option<R::Response> {
+        let frame = self.encode_request(req, version);
+        self.stream.write_all(&frame).ok()?;
+        let mut body = self.read_frame()?;
+        let header_version =
+            <R::Response as kafka_protocol::protocol::HeaderVersion>::header_version(version);
+        let header_version = if R::KEY == ApiKey::ApiVersions as i16 {
+            0
+        } else {
+            header_version
+        };
+        let header = ResponseHeader::decode(&mut body, header_version).unwrap();
+        assert_eq!(header.correlation_id, self.correlation);
+        Some(R::Response::decode(&mut body, version).unwrap())
+    }
+
+    pub fn send<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
+        self.try_send(req, version)
+            .expect("broker closed the connection")
+    }
+
+    pub fn read_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).ok()?;
+        Some(Bytes::from(body))
+    }
+
+    /// True when the broker closed the connection (EOF or reset) within the read timeout.
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
+    }
+
+    pub fn create_topic(&mut self, name: &str, partitions: i32) -> i16 {
+        let mut t = create_topics_request::CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_string(name.into()));
+        t.num_partitions = partitions;
+        t.replication_factor = 1;
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 10_000;
+        self.send(&req, 5).topics[0].error_code
+    }
+
+    /// Produces one batch per (partition, records) pair in one request; returns
+    /// (partition, error code, base offset) per partition.
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        batches: &[(i32, Bytes)],
+        acks: i16,
+    ) -> Vec<(i32, i16, i64)> {
+        let mut td = produce_request::TopicProduceData::default();
+        td.name = TopicName(StrBytes::from_string(topic.into()));
+        td.partition_data = batches
+            .iter()
+            .map(|(p, b)| {
+                let mut pd = produce_request::PartitionProduceData::default();
+                pd.index = *p;
+                pd.records = Some(b.clone());
+                pd
+            })
+            .collect();
+        let mut req = ProduceRequest::default();
+        req.acks = acks;
+        req.timeout_ms = 10_000;
+        req.topic_data = vec![td];
+        let resp = self.send(&req, 9);
+        resp.responses[0]
+            .partition_responses
+            .iter()
+            .map(|p| (p.index, p.error_code, p.base_offset))
+            .collect()
+    }
+
+    /// Fetches from one partition; returns (error, high watermark, decoded records).
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+    ) -> (i16, i64, Vec<Record>) {
+        let mut fp = fetch_request::FetchPartition::default();
+        fp.partition = partition;
+        fp.fetch_offset = offset;
+        fp.partition_max_bytes = 1 << 20;
+        let mut ft = fetch_request::FetchTopic::default();
+        ft.topic = TopicName(StrBytes::from_string(topic.into()));
+        ft.partitions = vec![fp];
+        let mut req = FetchRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.max_wait_ms = max_wait_ms;
+        req.min_bytes = 1;
+        req.max_bytes = 4 << 20;
+        req.topics = vec![ft];
+        let resp = self.send(&req, 11);
+        let p = &resp.responses[0].partitions[0];
+        let mut records = Vec::new();
+        if let Some(mut bytes) = p.records.clone() {
+            while !bytes.is_empty() {
+                let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
+                records.extend(set.records);
+            }
+        }
+        (p.error_code, p.high_watermark, records)
+    }
+
+    /// Every record of a partition from `from` up to its high watermark.
+    pub fn fetch_all(&mut self, topic: &str, partition: i32) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut next = 0;
+        loop {
+            let (err, hw, recs) = self.fetch(topic, partition, next, 0);
+            assert_eq!(err, 0, "fetch error");
+            for r in recs {
+                if r.offset >= next {
+                    next = r.offset + 1;
+                    out.push(r);
+                }
+            }
+            if next >= hw {
+                return out;
+            }
+        }
+    }
+}
+
+/// An encoded v2 batch of records `values` (keys "k<i>"), timestamps from `ts`.
+pub fn batch(values: &[Vec<u8>], ts: i64, compression: Compression) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: ts + i as i64,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::copy_from_slice(v)),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+pub fn metadata_shards(data_dir: &Path, topic: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(data_dir.join("__cluster/metadata.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["topics"][topic]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["shard"].as_u64().unwrap())
+        .collect()
+}
