@@ -99,7 +99,15 @@ pub fn parse_request(frame: Bytes) -> Result<RequestEnvelope, FrameError> {
         api_key: raw_key,
         correlation_id,
     })?;
-    let header_version = api_key.request_header_version(api_version);
+    let codec = api_key.valid_versions();
+    let known = api_version >= codec.min && api_version <= codec.max;
+    // An ApiVersions request of a version we do not know is answered (KIP-511), so its
+    // header is read in the oldest form that has a client id: whatever follows is ignored.
+    let header_version = if api_key == ApiKey::ApiVersions && !known {
+        1
+    } else {
+        api_key.request_header_version(api_version)
+    };
     let mut rest = frame;
     let header =
         guarded(|| RequestHeader::decode(&mut rest, header_version)).map_err(|reason| {
