@@ -87,8 +87,6 @@ pub enum Reply {
 pub struct RequestContext {
     pub shard: Rc<Shard>,
     pub api_version: i16,
-    pub correlation_id: i32,
-    pub client_id: Option<String>,
 }
 
 pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope) -> Reply {
@@ -118,8 +116,6 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope) -> Reply {
     let ctx = RequestContext {
         shard: shard.clone(),
         api_version: env.api_version,
-        correlation_id: env.correlation_id,
-        client_id: env.client_id.clone(),
     };
     let response = match request {
         RequestKind::ApiVersions(r) => {

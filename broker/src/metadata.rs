@@ -145,8 +145,10 @@ mod tests {
     #[test]
     fn image_round_trips_and_maps_shards() {
         let dir = tempfile::tempdir().unwrap();
-        let mut img = MetadataImage::default();
-        img.version = 2;
+        let mut img = MetadataImage {
+            version: 2,
+            ..MetadataImage::default()
+        };
         img.topics.insert(
             "t".into(),
             TopicMeta {

@@ -249,11 +249,4 @@ impl Shard {
         }
         self.commit.stop();
     }
-
-    /// Partitions this shard owns (for tests and admin).
-    pub fn owned_partitions(&self) -> Vec<(String, i32)> {
-        let mut v: Vec<_> = self.partitions.borrow().keys().cloned().collect();
-        v.sort();
-        v
-    }
 }

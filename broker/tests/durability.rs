@@ -14,6 +14,9 @@ use kafka_protocol::records::Compression;
 const TOPIC: &str = "durable";
 const PARTITIONS: i32 = 4;
 
+/// Base offset of an acknowledged batch and the values it carried.
+type AckedBatch = (i64, Vec<Vec<u8>>);
+
 fn value(partition: i32, seq: u64) -> Vec<u8> {
     format!("p{partition}-seq{seq:08}-{}", "x".repeat(100)).into_bytes()
 }
@@ -25,8 +28,8 @@ fn kill9_during_acks_all_stream_loses_no_acknowledged_record() {
     let mut broker = Broker::start(&data, 2, &[]);
     assert_eq!(broker.client().create_topic(TOPIC, PARTITIONS), 0);
 
-    // Acknowledged (partition -> [(base offset, values)]) as the producer saw them.
-    let acked: Arc<Mutex<BTreeMap<i32, Vec<(i64, Vec<Vec<u8>>)>>>> = Arc::default();
+    // Acknowledged batches per partition as the producer saw them.
+    let acked: Arc<Mutex<BTreeMap<i32, Vec<AckedBatch>>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let acked = acked.clone();

@@ -699,10 +699,9 @@ impl Log {
         }
     }
 
-    /// Position to start scanning and the segment file for a timestamp lookup, used by
-    /// ListOffsets. Returns batches' (base offset, max timestamp) from the first segment
-    /// whose time index reaches `timestamp`; `None` when no batch does.
-    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<Offset>> {
+    /// For ListOffsets by time: the base offset and max timestamp of the first batch whose
+    /// max timestamp is at or after `timestamp`, or `None` when no batch reaches it.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(Offset, i64)>> {
         let candidates: Vec<(Offset, Rc<DmaFile>, PathBuf, u64, u64)> = {
             let inner = self.inner.borrow();
             self.check_usable(&inner)?;
@@ -732,7 +731,7 @@ impl Log {
                 let mut consumed = 0usize;
                 for view in BatchIter::new(&data, false) {
                     if view.max_timestamp() >= timestamp {
-                        return Ok(Some(Offset(view.base_offset())));
+                        return Ok(Some((Offset(view.base_offset()), view.max_timestamp())));
                     }
                     consumed += view.size_bytes();
                 }
@@ -746,7 +745,10 @@ impl Log {
                                 .map_err(|e| StorageError::io("read segment", &path, e))?;
                             if let Ok(view) = RecordBatchView::parse(&whole) {
                                 if view.max_timestamp() >= timestamp {
-                                    return Ok(Some(Offset(view.base_offset())));
+                                    return Ok(Some((
+                                        Offset(view.base_offset()),
+                                        view.max_timestamp(),
+                                    )));
                                 }
                             }
                             consumed = size;

@@ -216,7 +216,7 @@ fn recovery_truncates_torn_tail_and_rebuilds_missing_index() {
         assert!(logs[0].with_extension("index").exists(), "index rebuilt");
         assert_eq!(
             log.offset_for_timestamp(150).await.unwrap(),
-            Some(Offset(300))
+            Some((Offset(300), 150))
         );
     });
 }

@@ -127,13 +127,14 @@ fn trim_to_max_bytes(outcomes: &mut [Outcome], max_bytes: usize) -> usize {
     total
 }
 
-fn group_by_shard(
-    shard: &Shard,
-    items: &[Item],
-) -> (BTreeMap<usize, Vec<(usize, Item)>>, Vec<usize>) {
+/// Requested partitions per owning shard, each with its index in the request.
+type ShardGroups = BTreeMap<usize, Vec<(usize, Item)>>;
+
+/// Groups items by owning shard; also returns the indexes of unknown partitions.
+fn group_by_shard(shard: &Shard, items: &[Item]) -> (ShardGroups, Vec<usize>) {
     let image = shard.metadata();
     let smp = shard.shard_count();
-    let mut groups: BTreeMap<usize, Vec<(usize, Item)>> = BTreeMap::new();
+    let mut groups = ShardGroups::new();
     let mut unknown = Vec::new();
     for (i, item) in items.iter().enumerate() {
         match image.shard_of(&item.topic, item.partition, smp) {
