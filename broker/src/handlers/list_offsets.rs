@@ -93,7 +93,9 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
         pr.error_code = a.error.map(|e| e.code()).unwrap_or(0);
         pr.timestamp = a.timestamp;
         pr.offset = a.offset;
-        pr.leader_epoch = 0;
+        if ctx.api_version >= 4 {
+            pr.leader_epoch = 0;
+        }
     }
     let mut resp = ListOffsetsResponse::default();
     resp.topics = topics;
