@@ -1,6 +1,246 @@
-//! `sluice-bench`: a Kafka-protocol load generator (skeleton; the full tool is its own issue).
+//! `sluice-bench`: a Kafka-protocol throughput probe for any Kafka-compatible address.
+//!
+//! This is the first slice of the benchmark tool: closed-loop produce and fetch throughput
+//! (MB/s) with fixed-size records. Open-loop rate control, latency histograms, workloads and
+//! charts are the benchmark issue's work.
 
-fn main() {
-    eprintln!("sluice-bench: not implemented yet; see bench/README.md");
-    std::process::exit(2);
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use clap::{Parser, Subcommand};
+use protocol::kafka_protocol::messages::*;
+use protocol::kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use protocol::kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+#[derive(Parser)]
+#[command(name = "sluice-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Produce fixed-size records as fast as acknowledgements allow, then fetch them all back.
+    Throughput(Args),
+}
+
+#[derive(Parser, Clone)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Records per batch (one batch per partition per request).
+    #[arg(long, default_value_t = 64)]
+    batch_records: usize,
+    /// Producer connections, each with one request in flight.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = -1)]
+    acks: i16,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+struct Conn {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Conn {
+    fn connect(addr: &str) -> Result<Conn> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream, correlation: 0 })
+    }
+
+    fn send<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response> {
+        self.correlation += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(StrBytes::from_static_str("sluice-bench"));
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0; 4]);
+        header.encode(&mut buf, R::header_version(version))?;
+        req.encode(&mut buf, version)?;
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&buf)?;
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body)?;
+        let mut body = Bytes::from(body);
+        ResponseHeader::decode(&mut body, <R::Response as HeaderVersion>::header_version(version))?;
+        Ok(R::Response::decode(&mut body, version)?)
+    }
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+fn make_batch(records: usize, record_bytes: usize) -> Result<Bytes> {
+    let value = Bytes::from(vec![b'x'; record_bytes]);
+    let recs: Vec<Record> = (0..records)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: 0,
+            key: None,
+            value: Some(value.clone()),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression: Compression::None })?;
+    Ok(buf.freeze())
+}
+
+fn throughput(a: Args) -> Result<()> {
+    let mut admin = Conn::connect(&a.bootstrap)?;
+    let mut t = create_topics_request::CreatableTopic::default();
+    t.name = name(&a.topic);
+    t.num_partitions = a.partitions;
+    t.replication_factor = 1;
+    let mut req = CreateTopicsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 30_000;
+    let code = admin.send(&req, 5)?.topics[0].error_code;
+    if code != 0 && code != 36 {
+        bail!("create topic failed with error {code}");
+    }
+    let batch = make_batch(a.batch_records, a.record_bytes)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let bytes_acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let producers: Vec<_> = (0..a.connections)
+        .map(|_| {
+            let (a, batch, stop, acked) = (a.clone(), batch.clone(), stop.clone(), bytes_acked.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let mut conn = Conn::connect(&a.bootstrap)?;
+                let mut td = produce_request::TopicProduceData::default();
+                td.name = name(&a.topic);
+                td.partition_data = (0..a.partitions)
+                    .map(|p| {
+                        let mut pd = produce_request::PartitionProduceData::default();
+                        pd.index = p;
+                        pd.records = Some(batch.clone());
+                        pd
+                    })
+                    .collect();
+                let mut req = ProduceRequest::default();
+                req.acks = a.acks;
+                req.timeout_ms = 30_000;
+                req.topic_data = vec![td];
+                let payload = (a.partitions as usize * a.batch_records * a.record_bytes) as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = conn.send(&req, 9)?;
+                    for p in &resp.responses[0].partition_responses {
+                        if p.error_code != 0 {
+                            bail!("produce error {} on partition {}", p.error_code, p.index);
+                        }
+                    }
+                    acked.fetch_add(payload, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(a.seconds));
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.join().expect("producer thread")?;
+    }
+    let produce_secs = started.elapsed().as_secs_f64();
+    let produced = bytes_acked.load(Ordering::Relaxed);
+
+    // Fetch everything back from the start of every partition.
+    let mut conn = Conn::connect(&a.bootstrap)?;
+    let mut offsets = vec![0i64; a.partitions as usize];
+    let mut done = vec![false; a.partitions as usize];
+    let mut fetched = 0u64;
+    let fetch_started = Instant::now();
+    while done.iter().any(|d| !d) {
+        let mut ft = fetch_request::FetchTopic::default();
+        ft.topic = name(&a.topic);
+        ft.partitions = (0..a.partitions)
+            .filter(|p| !done[*p as usize])
+            .map(|p| {
+                let mut fp = fetch_request::FetchPartition::default();
+                fp.partition = p;
+                fp.fetch_offset = offsets[p as usize];
+                fp.partition_max_bytes = 4 << 20;
+                fp
+            })
+            .collect();
+        let mut req = FetchRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.max_wait_ms = 0;
+        req.max_bytes = 32 << 20;
+        req.topics = vec![ft];
+        let resp = conn.send(&req, 11)?;
+        for pd in &resp.responses[0].partitions {
+            let p = pd.partition_index as usize;
+            let records = pd.records.clone().unwrap_or_default();
+            fetched += records.len() as u64;
+            let mut last = None;
+            for b in protocol::record_batch::BatchIter::new(&records, false) {
+                last = Some(b.last_offset());
+            }
+            if let Some(l) = last {
+                offsets[p] = l + 1;
+            }
+            if offsets[p] >= pd.high_watermark {
+                done[p] = true;
+            }
+        }
+    }
+    let fetch_secs = fetch_started.elapsed().as_secs_f64();
+    let mb = |b: u64, s: f64| b as f64 / s / 1e6;
+    println!(
+        "produce: {:.1} MB/s of record values ({} MB in {:.1}s, acks={}, {} connections, {} x {} B records per batch, {} partitions)",
+        mb(produced, produce_secs),
+        produced / 1_000_000,
+        produce_secs,
+        a.acks,
+        a.connections,
+        a.batch_records,
+        a.record_bytes,
+        a.partitions
+    );
+    println!(
+        "fetch:   {:.1} MB/s of stored batches ({} MB in {:.1}s, one connection, from the start)",
+        mb(fetched, fetch_secs),
+        fetched / 1_000_000,
+        fetch_secs
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Throughput(a) => throughput(a),
+    }
 }
