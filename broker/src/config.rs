@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     pub io_memory_bytes: usize,
     /// `max.connections`: per shard; further connections wait in the kernel backlog.
     pub max_connections_per_shard: usize,
+    /// `queued.max.request.bytes`: request bytes a shard holds in memory at once; a
+    /// connection whose next frame does not fit waits before reading it.
+    pub queued_max_request_bytes: usize,
     /// `sluice.fetch.max.wait.ms.max`: ceiling on a fetch long-poll.
     pub fetch_max_wait_ms_max: u64,
     /// `log.segment.bytes`, `log.roll.ms` / `log.roll.hours`, `log.index.interval.bytes`,
@@ -66,6 +69,7 @@ impl Default for BrokerConfig {
             shard_inbox_capacity: 1024,
             io_memory_bytes: 1 << 20,
             max_connections_per_shard: 4096,
+            queued_max_request_bytes: 256 << 20,
             fetch_max_wait_ms_max: 30_000,
             log: LogConfig::default(),
             cluster_id: "sluice-single-node".into(),
@@ -152,6 +156,7 @@ impl BrokerConfig {
                 "message.max.bytes" => self.message_max_bytes = parse(key, value)?,
                 "sluice.shard.inbox.capacity" => self.shard_inbox_capacity = parse(key, value)?,
                 "sluice.io.memory.bytes" => self.io_memory_bytes = parse(key, value)?,
+                "queued.max.request.bytes" => self.queued_max_request_bytes = parse(key, value)?,
                 "max.connections" => self.max_connections_per_shard = parse(key, value)?,
                 "sluice.fetch.max.wait.ms.max" => self.fetch_max_wait_ms_max = parse(key, value)?,
                 "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
@@ -193,6 +198,9 @@ impl BrokerConfig {
         }
         if self.socket_request_max_bytes < 1024 {
             bail!("socket.request.max.bytes must be at least 1024");
+        }
+        if self.queued_max_request_bytes < self.socket_request_max_bytes {
+            bail!("queued.max.request.bytes must be at least socket.request.max.bytes");
         }
         if self.log.segment_bytes < 1024 {
             bail!("log.segment.bytes must be at least 1024");

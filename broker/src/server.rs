@@ -105,6 +105,14 @@ async fn serve_connection(
         let length = frame_length(prefix, max_bytes).inspect_err(|e| {
             tracing::warn!(%peer, error = %e, "closing connection: bad frame length");
         })?;
+        // Hold the frame's bytes against the shard's budget until the response is sent.
+        let Ok(_memory) = shard
+            .request_memory
+            .acquire_static_permit(length as u64)
+            .await
+        else {
+            return Ok(());
+        };
         let mut frame = BytesMut::zeroed(length);
         reader.read_exact(&mut frame).await?;
         let envelope = parse_request(frame.freeze()).inspect_err(|e| {

@@ -51,6 +51,8 @@ pub struct Shard {
     pub exit: event_listener::Event,
     inflight: Rc<Cell<usize>>,
     idle: Rc<event_listener::Event>,
+    /// Budget of request bytes held in memory (`queued.max.request.bytes`).
+    pub request_memory: Rc<glommio::sync::Semaphore>,
 }
 
 /// Counts a request as in flight until dropped (see [`Shard::drain`]).
@@ -75,6 +77,7 @@ impl Shard {
         peers: Vec<flume::Sender<ShardJob>>,
     ) -> Rc<Shard> {
         let controller = (id.0 == 0).then(|| Rc::new(Controller::new(config.clone())));
+        let request_memory_bytes = config.queued_max_request_bytes as u64;
         let shard = Rc::new(Shard {
             id,
             config,
@@ -89,6 +92,7 @@ impl Shard {
             exit: event_listener::Event::new(),
             inflight: Rc::new(Cell::new(0)),
             idle: Rc::new(event_listener::Event::new()),
+            request_memory: Rc::new(glommio::sync::Semaphore::new(request_memory_bytes)),
         });
         *shard.self_ref.borrow_mut() = Rc::downgrade(&shard);
         shard
