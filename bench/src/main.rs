@@ -63,7 +63,10 @@ impl Conn {
     fn connect(addr: &str) -> Result<Conn> {
         let stream = TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, correlation: 0 })
+        Ok(Conn {
+            stream,
+            correlation: 0,
+        })
     }
 
     fn send<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response> {
@@ -85,7 +88,10 @@ impl Conn {
         let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
         self.stream.read_exact(&mut body)?;
         let mut body = Bytes::from(body);
-        ResponseHeader::decode(&mut body, <R::Response as HeaderVersion>::header_version(version))?;
+        ResponseHeader::decode(
+            &mut body,
+            <R::Response as HeaderVersion>::header_version(version),
+        )?;
         Ok(R::Response::decode(&mut body, version)?)
     }
 }
@@ -114,7 +120,14 @@ fn make_batch(records: usize, record_bytes: usize) -> Result<Bytes> {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression: Compression::None })?;
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )?;
     Ok(buf.freeze())
 }
 
@@ -137,7 +150,8 @@ fn throughput(a: Args) -> Result<()> {
     let started = Instant::now();
     let producers: Vec<_> = (0..a.connections)
         .map(|_| {
-            let (a, batch, stop, acked) = (a.clone(), batch.clone(), stop.clone(), bytes_acked.clone());
+            let (a, batch, stop, acked) =
+                (a.clone(), batch.clone(), stop.clone(), bytes_acked.clone());
             std::thread::spawn(move || -> Result<()> {
                 let mut conn = Conn::connect(&a.bootstrap)?;
                 let mut td = produce_request::TopicProduceData::default();
