@@ -92,7 +92,7 @@ impl Conn {
             &mut body,
             <R::Response as HeaderVersion>::header_version(version),
         )?;
-        Ok(R::Response::decode(&mut body, version)?)
+        R::Response::decode(&mut body, version)
     }
 }
 
