@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Real Kafka clients against a release build of the broker (see check.py for what is checked).
+# Installs the clients when they are missing, or always under CI=true.
+#   SLUICE_CHECK_RECORDS  records per client/codec topic (default 100000)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../../.." && pwd)"
+
+if [ "${CI:-}" = "true" ] || ! command -v kcat >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
+fi
+if ! command -v node >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [ "${CI:-}" = "true" ] || ! python3 -c "import confluent_kafka, kafka, aiokafka" 2>/dev/null; then
+  python3 -m pip install -q -r "$here/requirements.txt"
+fi
+if [ "${CI:-}" = "true" ] || [ ! -d "$here/node_modules/kafkajs" ]; then
+  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+echo "kcat: $(kcat -V 2>&1 | grep -o 'librdkafka [0-9.]*' | head -1)"
+python3 -c "import confluent_kafka as c; print('confluent-kafka', c.version()[0], 'librdkafka', c.libversion()[0])"
+
+(cd "$root" && cargo build --release -p broker)
+python3 "$here/check.py" --broker "$root/target/release/sluice" \
+  --records "${SLUICE_CHECK_RECORDS:-100000}" "$@"
