@@ -4,6 +4,7 @@
 //!   header v0–v2, response header v0–v1) around the `kafka-protocol` message codecs.
 //! - [`record_batch`]: a zero-copy view of a RecordBatch v2 header (validation, CRC32C,
 //!   base-offset rewrite) that never decodes individual records.
+//! - [`records`]: record-level reads of one batch (decompressing), for ListOffsets by time.
 //!
 //! Architecture invariant: this crate knows nothing of executors, sockets or files; it maps
 //! bytes to values and back. Kafka error codes are chosen by `broker/`, not here.
@@ -11,6 +12,7 @@
 pub mod alloc;
 pub mod frame;
 pub mod record_batch;
+pub mod records;
 
 pub use kafka_protocol;
 

@@ -699,10 +699,11 @@ impl Log {
         }
     }
 
-    /// For ListOffsets by time: the base offset and max timestamp of the first batch whose
-    /// max timestamp is at or after `timestamp`, or `None` when no batch reaches it.
-    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(Offset, i64)>> {
-        let candidates: Vec<(Offset, Rc<DmaFile>, PathBuf, u64, u64)> = {
+    /// For ListOffsets by time: a copy of the first batch whose max timestamp is at or after
+    /// `timestamp`, or `None` when no batch reaches it. The caller looks inside the batch for
+    /// the first such record.
+    pub async fn batch_for_timestamp(&self, timestamp: i64) -> Result<Option<Bytes>> {
+        let candidates: Vec<(Rc<DmaFile>, PathBuf, u64, u64)> = {
             let inner = self.inner.borrow();
             self.check_usable(&inner)?;
             inner
@@ -711,17 +712,11 @@ impl Log {
                 .filter_map(|seg| {
                     let rel = seg.time_index.scan_start(timestamp)?;
                     let pos = seg.offset_index.lookup(rel).position as u64;
-                    Some((
-                        seg.base_offset,
-                        seg.file.clone(),
-                        seg.path.clone(),
-                        pos,
-                        seg.durable_bytes,
-                    ))
+                    Some((seg.file.clone(), seg.path.clone(), pos, seg.durable_bytes))
                 })
                 .collect()
         };
-        for (_, file, path, mut pos, limit) in candidates {
+        for (file, path, mut pos, limit) in candidates {
             while pos < limit {
                 let len = (READ_WINDOW_MIN_BYTES * 4).min((limit - pos) as usize);
                 let data = file
@@ -731,12 +726,12 @@ impl Log {
                 let mut consumed = 0usize;
                 for view in BatchIter::new(&data, false) {
                     if view.max_timestamp() >= timestamp {
-                        return Ok(Some((Offset(view.base_offset()), view.max_timestamp())));
+                        return Ok(Some(Bytes::copy_from_slice(view.as_bytes())));
                     }
                     consumed += view.size_bytes();
                 }
                 if consumed == 0 {
-                    // A batch larger than the window: step over it by its length.
+                    // A batch larger than the window: read it whole.
                     match protocol::record_batch::batch_size_from_prefix(&data) {
                         Some(Ok(size)) => {
                             let whole = file
@@ -745,10 +740,7 @@ impl Log {
                                 .map_err(|e| StorageError::io("read segment", &path, e))?;
                             if let Ok(view) = RecordBatchView::parse(&whole) {
                                 if view.max_timestamp() >= timestamp {
-                                    return Ok(Some((
-                                        Offset(view.base_offset()),
-                                        view.max_timestamp(),
-                                    )));
+                                    return Ok(Some(Bytes::copy_from_slice(view.as_bytes())));
                                 }
                             }
                             consumed = size;

@@ -12,6 +12,7 @@ use kafka_protocol::ResponseError;
 use crate::api::RequestContext;
 use crate::errors::storage_error;
 use crate::shard::{Shard, ShardId};
+use replication::Partition;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -133,12 +134,12 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
                 timestamp: -1,
                 offset: -1,
             },
-            ts => match p.log.offset_for_timestamp(ts).await {
+            ts => match offset_for_timestamp(&p, ts).await {
                 Ok(Some((offset, found_ts))) => Answer {
                     slot: q.slot,
                     error: None,
                     timestamp: found_ts,
-                    offset: offset.0,
+                    offset,
                 },
                 Ok(None) => Answer {
                     slot: q.slot,
@@ -146,9 +147,9 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
                     timestamp: -1,
                     offset: -1,
                 },
-                Err(e) => Answer {
+                Err(code) => Answer {
                     slot: q.slot,
-                    error: Some(storage_error(&e)),
+                    error: Some(code),
                     timestamp: -1,
                     offset: -1,
                 },
@@ -157,4 +158,24 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
         out.push(answer);
     }
     out
+}
+
+/// The first record at or after `ts`: the storage finds the batch, the record codec looks
+/// inside it (decompressing; ListOffsets is rare and small).
+async fn offset_for_timestamp(p: &Partition, ts: i64) -> Result<Option<(i64, i64)>, ResponseError> {
+    let batch = match p.log.batch_for_timestamp(ts).await {
+        Ok(Some(batch)) => batch,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(storage_error(&e)),
+    };
+    match protocol::records::first_record_at_or_after(&batch, ts) {
+        Ok(Some(found)) => Ok(Some(found)),
+        // The producer's max timestamp overstated its records; the batch is still the
+        // first one that claims to reach `ts`, so answer with its start as Kafka's index would.
+        Ok(None) | Err(_) => {
+            let view = protocol::record_batch::RecordBatchView::parse(&batch)
+                .map_err(|_| ResponseError::CorruptMessage)?;
+            Ok(Some((view.base_offset(), view.max_timestamp())))
+        }
+    }
 }

@@ -1,0 +1,131 @@
+//! Record-level reads of a stored batch, for the few requests that must look inside one
+//! (ListOffsets by timestamp). Produce and Fetch never come here: they move whole batches.
+//!
+//! Decoding goes through the `kafka-protocol` record codec, which decompresses gzip, snappy,
+//! lz4 and zstd batches.
+
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use thiserror::Error;
+
+use crate::record_batch::{BatchError, RecordBatchView};
+
+#[derive(Debug, Error)]
+pub enum RecordsError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("cannot decode the records of the batch at offset {base_offset}: {reason}")]
+    Decode { base_offset: i64, reason: String },
+}
+
+/// The offset and timestamp of the first record in `batch` whose timestamp is at or after
+/// `target` — Kafka's answer to a ListOffsets query by time — or `None` when no record
+/// reaches it. With log-append time every record carries the batch's max timestamp.
+pub fn first_record_at_or_after(
+    batch: &Bytes,
+    target: i64,
+) -> Result<Option<(i64, i64)>, RecordsError> {
+    let view = RecordBatchView::parse(batch)?;
+    if view.max_timestamp() < target {
+        return Ok(None);
+    }
+    if view.is_log_append_time() {
+        return Ok(Some((view.base_offset(), view.max_timestamp())));
+    }
+    let base_offset = view.base_offset();
+    let mut buf = batch.slice(..view.size_bytes());
+    let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| RecordsError::Decode {
+        base_offset,
+        reason: e.to_string(),
+    })?;
+    Ok(set
+        .records
+        .iter()
+        .find(|r| r.timestamp >= target)
+        .map(|r| (r.offset, r.timestamp)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn batch(base_offset: i64, timestamps: &[i64], compression: Compression) -> Bytes {
+        let records: Vec<Record> = timestamps
+            .iter()
+            .enumerate()
+            .map(|(i, &ts)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: base_offset + i as i64,
+                // One batch needs offset - sequence to be constant across its records.
+                sequence: i as i32,
+                timestamp: ts,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from_static(b"value")),
+                headers: [(StrBytes::from_static_str("h"), None)]
+                    .into_iter()
+                    .collect(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn finds_the_first_record_at_or_after_the_target_in_every_codec() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            // Out of order on purpose: create time need not be monotonic within a batch.
+            let b = batch(
+                100,
+                &[1234, 999_999_999_999, 5000, 2_000_000_000_000],
+                codec,
+            );
+            let at = |t| first_record_at_or_after(&b, t).unwrap();
+            assert_eq!(at(0), Some((100, 1234)), "{codec:?}");
+            assert_eq!(at(1234), Some((100, 1234)), "{codec:?}");
+            assert_eq!(at(1235), Some((101, 999_999_999_999)), "{codec:?}");
+            assert_eq!(
+                at(999_999_999_999),
+                Some((101, 999_999_999_999)),
+                "{codec:?}"
+            );
+            assert_eq!(
+                at(1_000_000_000_000),
+                Some((103, 2_000_000_000_000)),
+                "{codec:?}"
+            );
+            assert_eq!(at(2_000_000_000_001), None, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_batch_is_an_error_not_a_panic() {
+        let b = batch(0, &[1, 2, 3], Compression::Lz4);
+        let mut damaged = BytesMut::from(&b[..]);
+        let n = damaged.len();
+        damaged[n - 5] ^= 0xff;
+        damaged.truncate(n - 2);
+        assert!(first_record_at_or_after(&damaged.freeze(), 2).is_err());
+    }
+}
