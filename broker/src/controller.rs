@@ -18,7 +18,9 @@ use anyhow::Result;
 use glommio::sync::Semaphore;
 
 use crate::config::BrokerConfig;
-use crate::metadata::{random_id, validate_topic_name, MetadataImage, PartitionMeta, TopicMeta};
+use crate::metadata::{
+    random_id, validate_topic_name, MetadataImage, PartitionMeta, TopicMeta, TOPIC_CONFIG_NAMES,
+};
 use crate::shard::{Shard, ShardId};
 
 /// Largest partition count one CreateTopics may ask for (`sluice.topic.partitions.max`).
@@ -44,6 +46,8 @@ pub enum CreateTopicError {
     InvalidPartitions(i32),
     #[error("replication factor {requested} is larger than the {brokers} available brokers")]
     InvalidReplicationFactor { requested: i16, brokers: i32 },
+    #[error("unknown topic config name: {0}")]
+    UnknownConfig(String),
     #[error("metadata could not be stored: {0}")]
     Storage(String),
 }
@@ -163,6 +167,13 @@ impl Controller {
         validate_topic_name(&spec.name).map_err(CreateTopicError::InvalidName)?;
         if image.topics.contains_key(&spec.name) {
             return Err(CreateTopicError::AlreadyExists);
+        }
+        if let Some(unknown) = spec
+            .configs
+            .keys()
+            .find(|k| !TOPIC_CONFIG_NAMES.contains(&k.as_str()))
+        {
+            return Err(CreateTopicError::UnknownConfig(unknown.clone()));
         }
         let partitions = if spec.num_partitions == -1 {
             self.config.num_partitions

@@ -28,6 +28,7 @@ pub fn create_topic_error(e: &CreateTopicError) -> ResponseError {
         CreateTopicError::InvalidReplicationFactor { .. } => {
             ResponseError::InvalidReplicationFactor
         }
+        CreateTopicError::UnknownConfig(_) => ResponseError::InvalidConfig,
         CreateTopicError::Storage(_) => ResponseError::KafkaStorageError,
     }
 }

@@ -16,6 +16,7 @@ const CORRUPT_MESSAGE: i16 = 2;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const INVALID_TOPIC_EXCEPTION: i16 = 17;
 const UNSUPPORTED_VERSION: i16 = 35;
+const INVALID_CONFIG: i16 = 40;
 
 /// A broker with one topic holding one known record, to check nothing was damaged.
 fn broker_with_data(props: &[&str]) -> (tempfile::TempDir, Broker) {
@@ -185,6 +186,31 @@ fn bad_topic_names_and_missing_partitions() {
     assert_eq!(r[0].1, UNKNOWN_TOPIC_OR_PARTITION);
     let (err, _, _) = c.fetch("safe", 5, 0, 0);
     assert_eq!(err, UNKNOWN_TOPIC_OR_PARTITION);
+    assert_intact(&mut broker);
+}
+
+#[test]
+fn unknown_topic_configs_are_refused_known_ones_accepted() {
+    let (_dir, mut broker) = broker_with_data(&[]);
+    let mut c = broker.client();
+    let create = |c: &mut Client, topic: &str, config: &str| {
+        let mut cfg = create_topics_request::CreatableTopicConfig::default();
+        cfg.name = StrBytes::from_string(config.into());
+        cfg.value = Some(StrBytes::from_static_str("lz4"));
+        let mut t = create_topics_request::CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.into()));
+        t.num_partitions = 1;
+        t.replication_factor = 1;
+        t.configs = vec![cfg];
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 10_000;
+        c.send(&req, 5).topics[0].error_code
+    };
+    assert_eq!(create(&mut c, "cfg-bad", "dummy.doesntexist"), INVALID_CONFIG);
+    assert_eq!(create(&mut c, "cfg-good", "compression.type"), 0);
+    let (err, _, _) = c.fetch("cfg-bad", 0, 0, 0);
+    assert_eq!(err, UNKNOWN_TOPIC_OR_PARTITION, "the refused topic was not created");
     assert_intact(&mut broker);
 }
 
