@@ -118,17 +118,17 @@ impl TimeIndex {
     }
 
     /// The relative offset from which to scan for the first batch with a timestamp at or
-    /// after `timestamp`: the entry before the first entry that reaches it.
-    pub fn scan_start(&self, timestamp: i64) -> Option<u32> {
+    /// after `timestamp`. An entry's timestamp is the max so far, so every batch up to the
+    /// last entry below `timestamp` is below it too: scan from that entry (or from the start
+    /// when none is). When no entry reaches `timestamp` the answer, if any, is in the
+    /// unindexed tail after the last entry; the caller checks the segment's max timestamp.
+    pub fn scan_start(&self, timestamp: i64) -> u32 {
         let i = self.entries.partition_point(|e| e.timestamp < timestamp);
-        if i == self.entries.len() {
-            return None;
-        }
-        Some(if i == 0 {
+        if i == 0 {
             0
         } else {
             self.entries[i - 1].relative_offset
-        })
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -238,10 +238,10 @@ mod tests {
             timestamp: 200,
             relative_offset: 10,
         });
-        assert_eq!(t.scan_start(50), Some(0));
-        assert_eq!(t.scan_start(150), Some(0));
-        assert_eq!(t.scan_start(200), Some(0));
-        assert_eq!(t.scan_start(201), None);
+        assert_eq!(t.scan_start(50), 0);
+        assert_eq!(t.scan_start(150), 0);
+        assert_eq!(t.scan_start(200), 0);
+        assert_eq!(t.scan_start(201), 10, "past every entry: scan the tail");
         assert_eq!(TimeIndex::decode(&t.encode()).unwrap().entries.len(), 2);
     }
 }

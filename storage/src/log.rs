@@ -709,10 +709,11 @@ impl Log {
             inner
                 .segments
                 .values()
-                .filter_map(|seg| {
-                    let rel = seg.time_index.scan_start(timestamp)?;
+                .filter(|seg| seg.max_timestamp >= timestamp)
+                .map(|seg| {
+                    let rel = seg.time_index.scan_start(timestamp);
                     let pos = seg.offset_index.lookup(rel).position as u64;
-                    Some((seg.file.clone(), seg.path.clone(), pos, seg.durable_bytes))
+                    (seg.file.clone(), seg.path.clone(), pos, seg.durable_bytes)
                 })
                 .collect()
         };

@@ -20,6 +20,8 @@ use crate::Offset;
 pub const BLOCK_BYTES: u64 = 512;
 /// Bytes read per step while scanning a segment on recovery.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// Kafka's "no timestamp" value, the max timestamp of an empty segment.
+pub const NO_TIMESTAMP: i64 = -1;
 
 pub fn align_down(v: u64) -> u64 {
     v & !(BLOCK_BYTES - 1)
@@ -44,6 +46,9 @@ pub struct LogSegment {
     pub next_offset: Offset,
     pub offset_index: OffsetIndex,
     pub time_index: TimeIndex,
+    /// Largest batch max timestamp in the segment (-1 when empty), indexed or not: the time
+    /// index is sparse, so this is what says whether a timestamp query can match here.
+    pub max_timestamp: i64,
     pub bytes_since_index: u64,
     /// Bytes reserved by fallocate so far.
     pub preallocated_bytes: u64,
@@ -61,6 +66,7 @@ struct ScanOutcome {
     next_offset: Offset,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
+    max_timestamp: i64,
     bytes_since_index: u64,
     stop: Option<BatchError>,
 }
@@ -93,6 +99,7 @@ impl LogSegment {
             next_offset: base_offset,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            max_timestamp: NO_TIMESTAMP,
             bytes_since_index: 0,
             preallocated_bytes: 0,
             first_append_ms: None,
@@ -124,6 +131,7 @@ impl LogSegment {
             next_offset: base_offset,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            max_timestamp: NO_TIMESTAMP,
             bytes_since_index: 0,
             preallocated_bytes: file_bytes,
             first_append_ms: None,
@@ -131,10 +139,11 @@ impl LogSegment {
             indexes_persisted: !is_last,
         };
         if !is_last {
-            if let Some((oi, ti, next)) = seg.load_indexes(file_bytes).await? {
+            if let Some((oi, ti, next, max_timestamp)) = seg.load_indexes(file_bytes).await? {
                 seg.offset_index = oi;
                 seg.time_index = ti;
                 seg.next_offset = next;
+                seg.max_timestamp = max_timestamp;
                 seg.size_bytes = file_bytes;
                 return Ok(seg);
             }
@@ -171,6 +180,7 @@ impl LogSegment {
         seg.next_offset = scan.next_offset;
         seg.offset_index = scan.offset_index;
         seg.time_index = scan.time_index;
+        seg.max_timestamp = scan.max_timestamp;
         seg.bytes_since_index = scan.bytes_since_index;
         if !is_last {
             seg.persist_indexes()?;
@@ -178,12 +188,12 @@ impl LogSegment {
         Ok(seg)
     }
 
-    /// Loads both index files and finds the segment's next offset from the batch at the
-    /// last index entry onward. `None` when anything is off.
+    /// Loads both index files and finds the segment's next offset and max timestamp from the
+    /// batch at the last index entry onward. `None` when anything is off.
     async fn load_indexes(
         &self,
         file_bytes: u64,
-    ) -> Result<Option<(OffsetIndex, TimeIndex, Offset)>> {
+    ) -> Result<Option<(OffsetIndex, TimeIndex, Offset, i64)>> {
         let (Ok(oi_bytes), Ok(ti_bytes)) = (
             std::fs::read(self.index_path("index")),
             std::fs::read(self.index_path("timeindex")),
@@ -200,6 +210,9 @@ impl LogSegment {
         let start = oi.entries().last().map(|e| e.position as u64).unwrap_or(0);
         let mut pos = start;
         let mut next = self.base_offset;
+        // Time entries carry the max timestamp so far, so the last one covers every batch
+        // before the walk's start.
+        let mut max_timestamp = ti.max_timestamp().unwrap_or(NO_TIMESTAMP);
         let mut expected_base = oi
             .entries()
             .last()
@@ -226,11 +239,13 @@ impl LogSegment {
                 }
             }
             let last_delta = i32::from_be_bytes(head[23..27].try_into().expect("4 bytes"));
+            let batch_max_ts = i64::from_be_bytes(head[35..43].try_into().expect("8 bytes"));
+            max_timestamp = max_timestamp.max(batch_max_ts);
             next = Offset(base + last_delta as i64 + 1);
             expected_base = Some(next);
             pos += size;
         }
-        Ok(Some((oi, ti, next)))
+        Ok(Some((oi, ti, next, max_timestamp)))
     }
 
     /// Reads the segment front to back, verifying each batch's CRC and offset continuity.
@@ -240,6 +255,7 @@ impl LogSegment {
             next_offset: self.base_offset,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            max_timestamp: NO_TIMESTAMP,
             bytes_since_index: 0,
             stop: None,
         };
@@ -313,13 +329,14 @@ impl LogSegment {
             });
         }
         let relative = (view.base_offset() - self.base_offset.0) as u32;
+        out.max_timestamp = out.max_timestamp.max(view.max_timestamp());
         if out.valid_bytes == 0 || out.bytes_since_index >= index_interval_bytes {
             out.offset_index.push(OffsetEntry {
                 relative_offset: relative,
                 position: out.valid_bytes as u32,
             });
             out.time_index.maybe_push(TimeEntry {
-                timestamp: view.max_timestamp(),
+                timestamp: out.max_timestamp,
                 relative_offset: relative,
             });
             out.bytes_since_index = 0;
@@ -350,13 +367,14 @@ impl LogSegment {
         index_interval_bytes: u64,
     ) {
         let relative = (view.base_offset() - self.base_offset.0) as u32;
+        self.max_timestamp = self.max_timestamp.max(view.max_timestamp());
         if position == 0 || self.bytes_since_index >= index_interval_bytes {
             self.offset_index.push(OffsetEntry {
                 relative_offset: relative,
                 position: position as u32,
             });
             self.time_index.maybe_push(TimeEntry {
-                timestamp: view.max_timestamp(),
+                timestamp: self.max_timestamp,
                 relative_offset: relative,
             });
             self.bytes_since_index = 0;

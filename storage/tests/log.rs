@@ -223,3 +223,53 @@ fn recovery_truncates_torn_tail_and_rebuilds_missing_index() {
         assert_eq!((view.base_offset(), view.max_timestamp()), (300, 150));
     });
 }
+
+#[test]
+fn timestamp_lookup_finds_unindexed_batches_in_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    // Small segments so that some are sealed; an index interval so large that only each
+    // segment's first batch is indexed. Timestamps go up and down, as create times may.
+    let config = || LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 1 << 30,
+        ..LogConfig::default()
+    };
+    let timestamps: Vec<i64> = (0..60).map(|i| 1000 + i * 10 + (i % 3) * 7).collect();
+    let expect = |target: i64| -> Option<i64> {
+        // The first batch (one record each) whose timestamp is at or after `target`.
+        timestamps
+            .iter()
+            .position(|&t| t >= target)
+            .map(|i| i as i64)
+    };
+    let ts = timestamps.clone();
+    let p = path.clone();
+    run(move || async move {
+        let (log, _c, _r) = open(&p, config()).await;
+        for t in &ts {
+            let info = log.append(&batch(1, 200, *t), 0, 1 << 20, 0).await.unwrap();
+            log.wait_durable(info.end_offset).await.unwrap();
+        }
+        log.close().await.unwrap();
+    });
+    assert!(
+        std::fs::read_dir(&path).unwrap().count() > 6,
+        "several segments"
+    );
+    for reopen in 0..2 {
+        let p = path.clone();
+        let ts = timestamps.clone();
+        let expected: Vec<Option<i64>> = (990..1700).step_by(3).map(expect).collect();
+        run(move || async move {
+            let (log, _c, _r) = open(&p, config()).await;
+            let mut got = Vec::new();
+            for target in (990..1700).step_by(3) {
+                let found = log.batch_for_timestamp(target).await.unwrap();
+                got.push(found.map(|b| RecordBatchView::parse(&b).unwrap().base_offset()));
+            }
+            assert_eq!(got, expected, "reopen {reopen}; timestamps {ts:?}");
+            log.close().await.unwrap();
+        });
+    }
+}
