@@ -207,10 +207,16 @@ fn unknown_topic_configs_are_refused_known_ones_accepted() {
         req.timeout_ms = 10_000;
         c.send(&req, 5).topics[0].error_code
     };
-    assert_eq!(create(&mut c, "cfg-bad", "dummy.doesntexist"), INVALID_CONFIG);
+    assert_eq!(
+        create(&mut c, "cfg-bad", "dummy.doesntexist"),
+        INVALID_CONFIG
+    );
     assert_eq!(create(&mut c, "cfg-good", "compression.type"), 0);
     let (err, _, _) = c.fetch("cfg-bad", 0, 0, 0);
-    assert_eq!(err, UNKNOWN_TOPIC_OR_PARTITION, "the refused topic was not created");
+    assert_eq!(
+        err, UNKNOWN_TOPIC_OR_PARTITION,
+        "the refused topic was not created"
+    );
     assert_intact(&mut broker);
 }
 
