@@ -15,7 +15,8 @@ use crate::shard::{Shard, ShardId, ShardJob};
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 enum Event {
-    Ready,
+    /// Every shard listens, on this address (its port resolved when 0 was asked for).
+    Ready(std::net::SocketAddr),
     Failed(String),
     Signal(i32),
 }
@@ -70,7 +71,7 @@ pub fn run(config: BrokerConfig) -> Result<()> {
                 let exit = shard.exit.listen();
                 if i == 0 {
                     let ready = match bootstrap(&shard).await {
-                        Ok(()) => Event::Ready,
+                        Ok(addr) => Event::Ready(addr),
                         Err(e) => Event::Failed(format!("{e:#}")),
                     };
                     let _ = events.send_async(ready).await;
@@ -85,8 +86,8 @@ pub fn run(config: BrokerConfig) -> Result<()> {
 
     let mut failed = None;
     match events_rx.recv() {
-        Ok(Event::Ready) => {
-            tracing::info!(listen = %config.listen, shards = config.smp, data_dir = %config.data_dir.display(), "sluice ready");
+        Ok(Event::Ready(listen)) => {
+            tracing::info!(%listen, shards = config.smp, data_dir = %config.data_dir.display(), "sluice ready");
             match events_rx.recv() {
                 Ok(Event::Signal(sig)) => tracing::info!(signal = sig, "shutting down"),
                 Ok(Event::Failed(e)) => failed = Some(e),
@@ -108,22 +109,24 @@ pub fn run(config: BrokerConfig) -> Result<()> {
     Ok(())
 }
 
-/// On shard 0: load metadata, open every shard's logs, then start every listener.
-async fn bootstrap(shard: &std::rc::Rc<Shard>) -> Result<()> {
+/// On shard 0: load metadata, open every shard's logs, then start every listener. Shard 0
+/// binds first so that a configured port 0 resolves once and every shard shares that port.
+async fn bootstrap(shard: &std::rc::Rc<Shard>) -> Result<std::net::SocketAddr> {
     let controller = shard
         .controller
         .clone()
         .expect("shard 0 runs the controller");
     controller.bootstrap(shard).await?;
+    let mut addr = shard.config.listen;
     for target in 0..shard.shard_count() {
-        shard
-            .invoke_on(ShardId(target), |s| async move {
-                start_listener(s).map_err(|e| format!("{e:#}"))
+        addr = shard
+            .invoke_on(ShardId(target), move |s| async move {
+                start_listener(s, addr).map_err(|e| format!("{e:#}"))
             })
             .await?
             .map_err(anyhow::Error::msg)?;
     }
-    Ok(())
+    Ok(addr)
 }
 
 fn shutdown(senders: &[flume::Sender<ShardJob>]) {

@@ -23,12 +23,14 @@ use crate::shard::Shard;
 /// yet; frames larger than this are read straight into their own buffer).
 const CONNECTION_READ_BUFFER_BYTES: usize = 64 << 10;
 
-/// Binds this shard's listener and spawns its accept loop.
-pub fn start_listener(shard: Rc<Shard>) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(shard.config.listen)
+/// Binds this shard's listener on `addr` and spawns its accept loop; returns the bound
+/// address (its port resolved when `addr` asked for port 0).
+pub fn start_listener(shard: Rc<Shard>, addr: SocketAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
         .map_err(std::io::Error::from)
-        .with_context(|| format!("binding {}", shard.config.listen))?;
+        .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr().map_err(std::io::Error::from)?;
+    shard.listen_port.set(addr.port());
     glommio::spawn_local(accept_loop(shard, listener)).detach();
     Ok(addr)
 }

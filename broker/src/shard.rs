@@ -53,6 +53,9 @@ pub struct Shard {
     idle: Rc<event_listener::Event>,
     /// Budget of request bytes held in memory (`queued.max.request.bytes`).
     pub request_memory: Rc<glommio::sync::Semaphore>,
+    /// The port this shard's listener bound (differs from the configured one only when that
+    /// was 0); Metadata advertises it when no `advertised.listeners` port is set.
+    pub listen_port: Cell<u16>,
 }
 
 /// Counts a request as in flight until dropped (see [`Shard::drain`]).
@@ -93,6 +96,7 @@ impl Shard {
             inflight: Rc::new(Cell::new(0)),
             idle: Rc::new(event_listener::Event::new()),
             request_memory: Rc::new(glommio::sync::Semaphore::new(request_memory_bytes)),
+            listen_port: Cell::new(0),
         });
         *shard.self_ref.borrow_mut() = Rc::downgrade(&shard);
         shard

@@ -122,7 +122,10 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = node;
     broker.host = str_bytes(config.advertised_host.clone());
-    broker.port = config.advertised_port as i32;
+    broker.port = match config.advertised_port {
+        0 => ctx.shard.listen_port.get() as i32,
+        port => port as i32,
+    };
 
     let mut resp = MetadataResponse::default();
     resp.brokers = vec![broker];

@@ -25,19 +25,45 @@ pub struct Broker {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The address of the newest "sluice ready" line in a broker log, if there are `after` or
+/// more such lines. Brokers start on port 0 and report the port they bound: a port picked by
+/// the test and released before the broker binds it could be picked by a parallel test too,
+/// and SO_REUSEPORT would then let both brokers share it.
+fn ready_addr(log: &str, after: usize) -> Option<SocketAddr> {
+    let lines: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("sluice ready"))
+        .map(strip_ansi)
+        .collect();
+    if lines.len() <= after {
+        return None;
+    }
+    let line = lines.last()?;
+    let rest = &line[line.find("listen=")? + "listen=".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Broker {
     pub fn start(data_dir: &Path, smp: usize, props: &[&str]) -> Broker {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut b = Broker {
-            addr,
+            addr: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.to_owned(),
             log_path: data_dir.with_extension("broker.log"),
             smp,
@@ -54,10 +80,11 @@ impl Broker {
             .append(true)
             .open(&self.log_path)
             .unwrap();
+        let ready_before = self.log().matches("sluice ready").count();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("start")
             .arg("--listen")
-            .arg(self.addr.to_string())
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--smp")
@@ -74,8 +101,11 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect(self.addr).is_ok() {
-                return;
+            if let Some(addr) = ready_addr(&self.log(), ready_before) {
+                if TcpStream::connect(addr).is_ok() {
+                    self.addr = addr;
+                    return;
+                }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("broker exited at start-up with {status}: {}", self.log());
