@@ -165,6 +165,9 @@ impl BrokerConfig {
                 "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
                 "sluice.log.preallocate.bytes" => self.log.preallocate_bytes = parse(key, value)?,
                 "sluice.log.write.buffer.bytes" => self.log.write_buffer_bytes = parse(key, value)?,
+                "producer.id.expiration.ms" => {
+                    self.log.producer_id_expiration_ms = parse(key, value)?
+                }
                 "cluster.id" => self.cluster_id = value.clone(),
                 _ => {
                     tracing::warn!(property = %key, "unknown or not yet supported property ignored")

@@ -2,6 +2,7 @@
 
 use kafka_protocol::ResponseError;
 use protocol::record_batch::BatchError;
+use storage::producer_state::ProducerError;
 use storage::StorageError;
 
 use crate::controller::{CreateTopicError, DeleteTopicError};
@@ -17,6 +18,17 @@ pub fn storage_error(e: &StorageError) -> ResponseError {
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::Closed { .. } => ResponseError::NotLeaderOrFollower,
         StorageError::Io { .. } | StorageError::Offline { .. } => ResponseError::KafkaStorageError,
+        StorageError::Producer(p) => producer_error(p),
+    }
+}
+
+/// Idempotent-producer refusals, as Kafka answers them on Produce v3 and later (since
+/// Kafka 2.7 a stale epoch is INVALID_PRODUCER_EPOCH rather than the fatal PRODUCER_FENCED).
+pub fn producer_error(e: &ProducerError) -> ResponseError {
+    match e {
+        ProducerError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        ProducerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        ProducerError::TooManyBatches { .. } => ResponseError::InvalidRecord,
     }
 }
 

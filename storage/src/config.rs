@@ -13,6 +13,9 @@ pub struct LogConfig {
     pub preallocate_bytes: u64,
     /// `log.write.buffer.bytes` (Sluice): size of one aligned write buffer.
     pub write_buffer_bytes: usize,
+    /// `producer.id.expiration.ms`: idempotent producer state idle this long is forgotten
+    /// (checked when the log rolls).
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -23,6 +26,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             preallocate_bytes: 32 << 20,
             write_buffer_bytes: 1 << 20,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use protocol::record_batch::BatchError;
 use thiserror::Error;
 
+use crate::producer_state::ProducerError;
 use crate::Offset;
 
 #[derive(Debug, Error)]
@@ -34,6 +35,8 @@ pub enum StorageError {
     Offline { path: PathBuf },
     #[error("log {path} is closed")]
     Closed { path: PathBuf },
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
 }
 
 impl StorageError {

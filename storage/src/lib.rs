@@ -15,6 +15,7 @@ pub mod group_commit;
 pub mod index;
 pub mod log;
 pub mod offset;
+pub mod producer_state;
 pub mod segment;
 
 pub use config::LogConfig;

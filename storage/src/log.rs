@@ -27,6 +27,7 @@ use protocol::record_batch::{
 use crate::config::SEGMENT_BYTES_MAX;
 use crate::error::{Result, StorageError};
 use crate::group_commit::GroupCommit;
+use crate::producer_state::{ProducerCheck, ProducerError, ProducerStateManager};
 use crate::segment::{align_down, align_up, segment_file_name, LogSegment};
 use crate::{LogConfig, Offset};
 
@@ -41,7 +42,14 @@ pub struct AppendInfo {
     /// Offset after the appended batches: durable once `wait_durable(end_offset)` returns.
     pub end_offset: Offset,
     pub log_start_offset: Offset,
+    /// The batch was a retry of one already written (idempotent producer): nothing was
+    /// written and the offsets are the original ones.
+    pub duplicate: bool,
 }
+
+/// Producer-state snapshots kept per log (the newest is used; older ones are fallbacks
+/// when a crash leaves the newest beyond the recovered end).
+const PRODUCER_SNAPSHOTS_KEPT: usize = 2;
 
 /// Result of a read.
 #[derive(Debug, Clone)]
@@ -111,6 +119,7 @@ struct LogInner {
     dirty: bool,
     failed: bool,
     closed: bool,
+    producers: ProducerStateManager,
 }
 
 pub struct Log {
@@ -169,7 +178,8 @@ impl Log {
             Vec::new()
         };
         let write = WriteBuffer::new(last, config.write_buffer_bytes, &tail, tail_pos);
-        tracing::debug!(dir = %dir.display(), %log_start_offset, %next_offset, segments = segments.len(), "log opened");
+        let producers = Self::recover_producers(dir, &segments, next_offset).await?;
+        tracing::debug!(dir = %dir.display(), %log_start_offset, %next_offset, segments = segments.len(), producers = producers.len(), "log opened");
         Ok(Rc::new(Log {
             dir: dir.to_owned(),
             config,
@@ -183,11 +193,77 @@ impl Log {
                 dirty: false,
                 failed: false,
                 closed: false,
+                producers,
             }),
             append_lock: Semaphore::new(1),
             durable: Event::new(),
             commit,
         }))
+    }
+
+    /// Rebuilds producer state: the newest snapshot at or below the recovered end `end`,
+    /// then the batch headers from its offset to `end`. Snapshots beyond `end` describe
+    /// batches a crash lost and are removed, as are damaged ones.
+    async fn recover_producers(
+        dir: &Path,
+        segments: &BTreeMap<i64, LogSegment>,
+        end: Offset,
+    ) -> Result<ProducerStateManager> {
+        let mut loaded = None;
+        for (offset, path) in list_producer_snapshots(dir)?.into_iter().rev() {
+            let decoded = (offset <= end)
+                .then(|| std::fs::read(&path).ok())
+                .flatten()
+                .and_then(|b| ProducerStateManager::decode_snapshot(&b));
+            match decoded {
+                Some((o, state)) if o == offset && loaded.is_none() => loaded = Some((o, state)),
+                Some(_) => {}
+                None => {
+                    tracing::warn!(path = %path.display(), %end, "discarding producer snapshot");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let first_base = Offset(*segments.keys().next().unwrap_or(&0));
+        let (from, mut producers) =
+            loaded.unwrap_or_else(|| (first_base, ProducerStateManager::default()));
+        let from = from.max(first_base);
+        for seg in segments.values() {
+            if seg.next_offset <= from {
+                continue;
+            }
+            let start = if from > seg.base_offset {
+                let rel = (from.0 - seg.base_offset.0) as u32;
+                seg.offset_index.lookup(rel).position as u64
+            } else {
+                0
+            };
+            for_each_batch(seg, start, seg.size_bytes, |view| {
+                if view.last_offset() >= from.0 {
+                    producers.record(view);
+                }
+            })
+            .await?;
+        }
+        Ok(producers)
+    }
+
+    /// Writes the producer state as of `offset` (best effort: a missing snapshot only means
+    /// a longer replay at the next start).
+    fn write_producer_snapshot(&self, producers: &ProducerStateManager, offset: Offset) {
+        let path = self.dir.join(segment_file_name(offset, "snapshot"));
+        if let Err(e) =
+            crate::index::write_file_atomically(&path, &producers.encode_snapshot(offset))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write producer snapshot");
+            return;
+        }
+        if let Ok(all) = list_producer_snapshots(&self.dir) {
+            let keep_from = all.len().saturating_sub(PRODUCER_SNAPSHOTS_KEPT);
+            for (_, old) in &all[..keep_from] {
+                let _ = std::fs::remove_file(old);
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -286,6 +362,9 @@ impl Log {
 
         let mut inner = self.inner.borrow_mut();
         self.check_usable(&inner)?;
+        if let Some(duplicate) = Self::check_producers(&inner, records, batches)? {
+            return Ok(duplicate);
+        }
         let base_offset = inner.next_offset;
         for view in BatchIter::new(records, false) {
             Self::append_batch(&mut inner, &self.config, view, leader_epoch, now_ms);
@@ -295,6 +374,7 @@ impl Log {
             last_offset: Offset(inner.next_offset.0 - 1),
             end_offset: inner.next_offset,
             log_start_offset: inner.log_start_offset,
+            duplicate: false,
         };
         if !inner.dirty {
             inner.dirty = true;
@@ -302,6 +382,49 @@ impl Log {
             self.commit.mark_dirty(self.clone());
         }
         Ok(info)
+    }
+
+    /// Judges idempotent batches against the producer state: `Some` for a retry of a batch
+    /// already written (its original offsets), an error for a refused one. Kafka requires
+    /// exactly one batch per partition when a producer id is set; so does this.
+    fn check_producers(
+        inner: &LogInner,
+        records: &[u8],
+        batches: usize,
+    ) -> Result<Option<AppendInfo>> {
+        let mut views = BatchIter::new(records, false);
+        let Some(first) = views.next() else {
+            return Ok(None);
+        };
+        if first.producer_id() < 0 {
+            if let Some(other) = views.find(|v| v.producer_id() >= 0) {
+                tracing::debug!(
+                    producer_id = other.producer_id(),
+                    "idempotent batch after a plain one"
+                );
+                return Err(ProducerError::TooManyBatches { batches }.into());
+            }
+            return Ok(None);
+        }
+        if batches > 1 {
+            return Err(ProducerError::TooManyBatches { batches }.into());
+        }
+        match inner.producers.check(&first)? {
+            ProducerCheck::Append => Ok(None),
+            ProducerCheck::Duplicate(meta) if meta.last_offset >= inner.next_offset.0 => {
+                // Producer state ahead of the log cannot happen; writing the batch again
+                // risks a duplicate, answering with offsets that do not exist loses it.
+                tracing::error!(producer_id = first.producer_id(), last_offset = meta.last_offset, log_end = %inner.next_offset, "producer state is ahead of the log; appending");
+                Ok(None)
+            }
+            ProducerCheck::Duplicate(meta) => Ok(Some(AppendInfo {
+                base_offset: Offset(meta.first_offset),
+                last_offset: Offset(meta.last_offset),
+                end_offset: Offset(meta.last_offset + 1),
+                log_start_offset: inner.log_start_offset,
+                duplicate: true,
+            })),
+        }
     }
 
     fn append_batch(
@@ -317,6 +440,7 @@ impl Log {
             segments,
             write,
             pending,
+            producers,
             ..
         } = inner;
         let (_, segment) = segments.iter_mut().next_back().expect("active segment");
@@ -345,6 +469,7 @@ impl Log {
         set_partition_leader_epoch(dst, leader_epoch);
         w.len += size;
         let stored = RecordBatchView::parse(dst).expect("validated batch");
+        producers.record(&stored);
         segment.index_append(&stored, position, config.index_interval_bytes);
         segment.size_bytes += size as u64;
         segment.next_offset = Offset(stored.last_offset() + 1);
@@ -389,6 +514,12 @@ impl Log {
         let segment = LogSegment::create(&self.dir, next_base).await?;
         tracing::debug!(dir = %self.dir.display(), base = %next_base, "rolled segment");
         let mut inner = self.inner.borrow_mut();
+        inner
+            .producers
+            .expire(now_ms, self.config.producer_id_expiration_ms);
+        // Every batch below `next_base` has been appended. A crash that loses some of them
+        // leaves the log ending below `next_base`, and recovery then skips this snapshot.
+        self.write_producer_snapshot(&inner.producers, next_base);
         let fresh = WriteBuffer::new(&segment, self.config.write_buffer_bytes, &[], 0);
         if let Some(old) = inner.write.replace(fresh) {
             if let Some(p) = Self::seal(old) {
@@ -761,6 +892,10 @@ impl Log {
         let result = self.flush().await;
         let mut inner = self.inner.borrow_mut();
         inner.closed = true;
+        if result.is_ok() {
+            let end = inner.next_offset;
+            self.write_producer_snapshot(&inner.producers, end);
+        }
         for seg in inner.segments.values_mut() {
             if let Err(e) = seg.persist_indexes() {
                 tracing::warn!(error = %e, "cannot persist indexes on close");
@@ -787,4 +922,64 @@ impl Log {
         std::fs::remove_dir_all(&self.dir)
             .map_err(|e| StorageError::io("remove log dir", &self.dir, e))
     }
+}
+
+/// Producer snapshots in `dir`, oldest first.
+fn list_producer_snapshots(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io("list log dir", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io("list log dir", dir, e))?;
+        let name = entry.file_name();
+        if let Some(offset) = name
+            .to_string_lossy()
+            .strip_suffix(".snapshot")
+            .and_then(|stem| stem.parse::<i64>().ok())
+        {
+            out.push((Offset(offset), entry.path()));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Calls `f` for every whole batch of `seg` between byte positions `start` and `limit`.
+async fn for_each_batch(
+    seg: &LogSegment,
+    start: u64,
+    limit: u64,
+    mut f: impl FnMut(&RecordBatchView<'_>),
+) -> Result<()> {
+    let mut pos = start;
+    while pos < limit {
+        let len = (READ_WINDOW_MIN_BYTES * 16).min((limit - pos) as usize);
+        let data = seg
+            .file
+            .read_at(pos, len)
+            .await
+            .map_err(|e| StorageError::io("read segment", &seg.path, e))?;
+        let mut consumed = 0usize;
+        for view in BatchIter::new(&data, false) {
+            f(&view);
+            consumed += view.size_bytes();
+        }
+        if consumed == 0 {
+            // One batch larger than the window: read it whole.
+            let Some(Ok(size)) = protocol::record_batch::batch_size_from_prefix(&data) else {
+                break;
+            };
+            let whole = seg
+                .file
+                .read_at(pos, size)
+                .await
+                .map_err(|e| StorageError::io("read segment", &seg.path, e))?;
+            match RecordBatchView::parse(&whole) {
+                Ok(view) => f(&view),
+                Err(_) => break,
+            }
+            consumed = size;
+        }
+        pos += consumed as u64;
+    }
+    Ok(())
 }
