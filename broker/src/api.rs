@@ -62,6 +62,11 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         min: 1,
         max: 6,
     },
+    ApiRange {
+        key: ApiKey::InitProducerId,
+        min: 0,
+        max: 4,
+    },
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<ApiRange> {
@@ -137,6 +142,9 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope) -> Reply {
         RequestKind::Fetch(r) => ResponseKind::Fetch(handlers::fetch::handle(&ctx, r).await),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(handlers::list_offsets::handle(&ctx, r).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(handlers::init_producer_id::handle(&ctx, r).await)
         }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(handlers::find_coordinator::handle(&ctx, r))

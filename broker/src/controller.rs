@@ -23,6 +23,9 @@ use crate::metadata::{
 };
 use crate::shard::{Shard, ShardId};
 
+/// Producer ids a shard takes from the controller at a time (Kafka's block size).
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
 /// Largest partition count one CreateTopics may ask for (`sluice.topic.partitions.max`).
 pub const TOPIC_PARTITIONS_MAX: i32 = 10_000;
 
@@ -206,6 +209,23 @@ impl Controller {
         };
         image.topics.insert(spec.name, topic.clone());
         Ok(topic)
+    }
+
+    /// Hands out the next block of producer ids once it is persisted: a restart never hands
+    /// out an id twice (ids of a block never used are skipped, as in Kafka).
+    pub async fn allocate_producer_ids(&self) -> Result<std::ops::Range<i64>> {
+        let Ok(_permit) = self.lock.acquire_permit(1).await else {
+            anyhow::bail!("controller stopped");
+        };
+        let mut next = self.image.borrow().clone();
+        let start = next.next_producer_id;
+        let end = start
+            .checked_add(PRODUCER_ID_BLOCK_SIZE)
+            .ok_or_else(|| anyhow::anyhow!("producer ids exhausted"))?;
+        next.next_producer_id = end;
+        next.store(&self.config.data_dir)?;
+        self.image.borrow_mut().next_producer_id = end;
+        Ok(start..end)
     }
 
     pub async fn delete_topics(

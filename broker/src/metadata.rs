@@ -7,7 +7,7 @@
 //!
 //! ```json
 //! {"version": 3, "topics": {"orders": {"id": "<32 hex>", "partitions": [{"shard": 0}, …],
-//!   "configs": {}}}}
+//!   "configs": {}}}, "next_producer_id": 2000}
 //! ```
 //!
 //! A partition's shard is chosen at creation and kept across restarts; if the broker later
@@ -50,6 +50,10 @@ impl TopicMeta {
 pub struct MetadataImage {
     pub version: u64,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// First producer id not yet handed out (ids are allocated in blocks, durably, so they
+    /// stay unique across restarts).
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 impl MetadataImage {

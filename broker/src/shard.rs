@@ -56,6 +56,8 @@ pub struct Shard {
     /// The port this shard's listener bound (differs from the configured one only when that
     /// was 0); Metadata advertises it when no `advertised.listeners` port is set.
     pub listen_port: Cell<u16>,
+    /// This shard's unused producer ids, a block from the controller.
+    pub producer_ids: RefCell<std::ops::Range<i64>>,
 }
 
 /// Counts a request as in flight until dropped (see [`Shard::drain`]).
@@ -97,6 +99,7 @@ impl Shard {
             idle: Rc::new(event_listener::Event::new()),
             request_memory: Rc::new(glommio::sync::Semaphore::new(request_memory_bytes)),
             listen_port: Cell::new(0),
+            producer_ids: RefCell::new(0..0),
         });
         *shard.self_ref.borrow_mut() = Rc::downgrade(&shard);
         shard

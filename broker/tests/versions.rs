@@ -139,6 +139,17 @@ fn every_advertised_version_answers() {
                     }
                     c.try_send(&req, v).is_some()
                 }
+                ApiKey::InitProducerId => {
+                    let mut req = InitProducerIdRequest::default();
+                    req.transactional_id = None;
+                    req.transaction_timeout_ms = 60_000;
+                    if v >= 3 {
+                        req.producer_id = ProducerId(-1);
+                        req.producer_epoch = -1;
+                    }
+                    c.try_send(&req, v)
+                        .is_some_and(|r| r.error_code == 0 && r.producer_id.0 >= 0)
+                }
                 other => panic!("advertised {other:?} without a case in this test"),
             };
             assert!(

@@ -74,7 +74,8 @@ impl Broker {
         b
     }
 
-    fn spawn(&mut self) {
+    /// Starts the broker process (again) on the same data directory.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
