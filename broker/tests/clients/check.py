@@ -60,8 +60,9 @@ def headers_dict(pairs):
 
 
 class Broker:
-    def __init__(self, binary, data_dir, log_path):
+    def __init__(self, binary, data_dir, log_path, extra_args=()):
         self.binary = binary
+        self.extra_args = list(extra_args)
         self.data_dir = data_dir
         self.log_path = log_path
         self.port = free_port()
@@ -80,6 +81,7 @@ class Broker:
                 self.data_dir,
                 "--prop",
                 f"num.partitions={PARTITIONS}",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=log,
@@ -225,14 +227,11 @@ class KafkaPython:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
         admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
         admin.close()
-        # kafka-python 3 turns idempotence on by default; InitProducerId is not served yet
-        # (the idempotent-producer issue), so it is off here explicitly.
+        # kafka-python 3's defaults: idempotence on, acks=all.
         p = KafkaProducer(
             bootstrap_servers=self.bootstrap,
             compression_type=None if codec == "none" else codec,
-            acks="all",
             linger_ms=10,
-            enable_idempotence=False,
         )
         futures = [
             p.send(

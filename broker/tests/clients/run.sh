@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real Kafka clients against a release build of the broker (see check.py for what is checked).
 # Installs the clients when they are missing, or always under CI=true.
-#   SLUICE_CHECK_RECORDS  records per client/codec topic (default 100000)
+#   SLUICE_CHECK_RECORDS        records per client/codec topic (default 100000)
+#   SLUICE_IDEMPOTENCE_RECORDS  records per idempotent producer (default 1000000)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -26,3 +27,6 @@ python3 -c "import confluent_kafka as c; print('confluent-kafka', c.version()[0]
 (cd "$root" && cargo build --release -p broker)
 python3 "$here/check.py" --broker "$root/target/release/sluice" \
   --records "${SLUICE_CHECK_RECORDS:-100000}" "$@"
+echo "== idempotent producers through kill -9 and lost responses"
+python3 "$here/idempotence.py" --broker "$root/target/release/sluice" \
+  --records "${SLUICE_IDEMPOTENCE_RECORDS:-1000000}"
