@@ -43,6 +43,9 @@ pub struct BrokerConfig {
     pub queued_max_request_bytes: usize,
     /// `sluice.fetch.max.wait.ms.max`: ceiling on a fetch long-poll.
     pub fetch_max_wait_ms_max: u64,
+    /// `producer.id.expiration.check.interval.ms`: how often each shard looks for idle
+    /// idempotent producers to forget.
+    pub producer_id_expiration_check_interval_ms: u64,
     /// `log.segment.bytes`, `log.roll.ms` / `log.roll.hours`, `log.index.interval.bytes`,
     /// `sluice.log.preallocate.bytes`, `sluice.log.write.buffer.bytes`.
     pub log: LogConfig,
@@ -71,6 +74,7 @@ impl Default for BrokerConfig {
             max_connections_per_shard: 4096,
             queued_max_request_bytes: 256 << 20,
             fetch_max_wait_ms_max: 30_000,
+            producer_id_expiration_check_interval_ms: 600_000,
             log: LogConfig::default(),
             cluster_id: "sluice-single-node".into(),
         }
@@ -165,6 +169,9 @@ impl BrokerConfig {
                 "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
                 "sluice.log.preallocate.bytes" => self.log.preallocate_bytes = parse(key, value)?,
                 "sluice.log.write.buffer.bytes" => self.log.write_buffer_bytes = parse(key, value)?,
+                "producer.id.expiration.check.interval.ms" => {
+                    self.producer_id_expiration_check_interval_ms = parse(key, value)?
+                }
                 "producer.id.expiration.ms" => {
                     self.log.producer_id_expiration_ms = parse(key, value)?
                 }
@@ -204,6 +211,9 @@ impl BrokerConfig {
         }
         if self.queued_max_request_bytes < self.socket_request_max_bytes {
             bail!("queued.max.request.bytes must be at least socket.request.max.bytes");
+        }
+        if self.producer_id_expiration_check_interval_ms == 0 {
+            bail!("producer.id.expiration.check.interval.ms must be positive");
         }
         if self.log.segment_bytes < 1024 {
             bail!("log.segment.bytes must be at least 1024");

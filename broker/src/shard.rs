@@ -155,6 +155,27 @@ impl Shard {
     }
 
     /// The partition leader on this shard, if it owns one.
+    /// Every `producer.id.expiration.check.interval.ms`, forgets idle idempotent producers
+    /// of this shard's partitions (rolls do it too). Runs until the shard stops.
+    pub async fn expire_producers_loop(self: Rc<Self>) {
+        let interval =
+            std::time::Duration::from_millis(self.config.producer_id_expiration_check_interval_ms);
+        while !self.is_stopping() {
+            glommio::timer::sleep(interval).await;
+            let now = crate::handlers::now_ms();
+            let logs: Vec<_> = self
+                .partitions
+                .borrow()
+                .values()
+                .map(|p| p.log.clone())
+                .collect();
+            let expired: usize = logs.iter().map(|log| log.expire_producers(now)).sum();
+            if expired > 0 {
+                tracing::debug!(shard = self.id.0, expired, "idle producers forgotten");
+            }
+        }
+    }
+
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
         self.partitions
             .borrow()

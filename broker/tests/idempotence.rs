@@ -18,6 +18,10 @@ const TOPIC: &str = "idem";
 
 /// One batch of `count` records of producer `pid`/`epoch`, sequences from `seq`.
 fn idem_batch(pid: i64, epoch: i16, seq: i32, count: i32, tag: &str) -> Bytes {
+    idem_batch_at(pid, epoch, seq, count, tag, 1_700_000_000_000)
+}
+
+fn idem_batch_at(pid: i64, epoch: i16, seq: i32, count: i32, tag: &str, ts: i64) -> Bytes {
     let records: Vec<Record> = (0..count)
         .map(|i| Record {
             transactional: false,
@@ -29,7 +33,7 @@ fn idem_batch(pid: i64, epoch: i16, seq: i32, count: i32, tag: &str) -> Bytes {
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: seq + i,
-            timestamp: 1_700_000_000_000,
+            timestamp: ts,
             key: None,
             value: Some(Bytes::from(format!("{tag}-{}", seq + i))),
             headers: Default::default(),
@@ -144,5 +148,30 @@ fn gaps_stale_epochs_and_batch_counts_are_refused() {
         5,
         "only the accepted batches are stored"
     );
+    assert!(broker.is_running());
+}
+
+#[test]
+fn idle_producers_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let props = [
+        "producer.id.expiration.ms=1500",
+        "producer.id.expiration.check.interval.ms=100",
+    ];
+    let mut broker = Broker::start(&dir.path().join("data"), 1, &props);
+    let mut c = broker.client();
+    assert_eq!(c.create_topic(TOPIC, 1), 0);
+    let (pid, _) = init_producer_id(&mut c);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let first = idem_batch_at(pid, 0, 0, 3, "x", now);
+    assert_eq!(produce(&mut c, &first), (0, 0));
+    let gap = idem_batch_at(pid, 0, 7, 1, "x", now);
+    assert_eq!(produce(&mut c, &gap).0, OUT_OF_ORDER_SEQUENCE_NUMBER);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The producer's state is gone: like Kafka, any sequence starts it afresh.
+    assert_eq!(produce(&mut c, &gap), (0, 3));
     assert!(broker.is_running());
 }

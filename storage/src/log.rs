@@ -288,6 +288,15 @@ impl Log {
         self.inner.borrow().log_start_offset
     }
 
+    /// Forgets idempotent producers idle for `producer.id.expiration.ms`; returns how many.
+    pub fn expire_producers(&self, now_ms: u64) -> usize {
+        let expiration_ms = self.config.producer_id_expiration_ms;
+        self.inner
+            .borrow_mut()
+            .producers
+            .expire(now_ms, expiration_ms)
+    }
+
     /// Bytes of all segments.
     pub fn size_bytes(&self) -> u64 {
         self.inner
