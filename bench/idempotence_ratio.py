@@ -3,9 +3,12 @@
 
 Starts a release broker (`--smp 2`), then alternates the same confluent-kafka (librdkafka)
 workload with `enable.idempotence` false and true, `--rounds` times each, and prints the
-median records/s of each and their ratio.
+median records/s of each and their ratio. librdkafka caps in-flight requests at 5 with
+idempotence on; `--max-in-flight 5` applies that cap to both modes, which isolates what the
+broker's producer-state checks cost.
 
 usage: bench/idempotence_ratio.py [--records N] [--value-bytes B] [--rounds R]
+                                  [--max-in-flight K]
 """
 
 import argparse
@@ -21,15 +24,18 @@ sys.path.insert(0, os.path.join(ROOT, "broker", "tests", "clients"))
 from check import Broker  # noqa: E402
 
 
-def run_once(bootstrap, topic, n, value, idempotent):
+def run_once(bootstrap, topic, n, value, idempotent, max_in_flight):
     from confluent_kafka import Producer
 
-    p = Producer({
+    conf = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": idempotent,
         "acks": "all",
         "linger.ms": 5,
-    })
+    }
+    if max_in_flight:
+        conf["max.in.flight.requests.per.connection"] = max_in_flight
+    p = Producer(conf)
     began = time.perf_counter()
     for i in range(n):
         while True:
@@ -50,6 +56,9 @@ def main():
     ap.add_argument("--records", type=int, default=500_000)
     ap.add_argument("--value-bytes", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-in-flight", type=int, default=0,
+                    help="max.in.flight.requests.per.connection for both modes (0: the "
+                    "client's defaults, which idempotence caps at 5)")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-p", "broker"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="sluice-idem-bench-")
@@ -64,7 +73,8 @@ def main():
         value = b"v" * args.value_bytes
         for r in range(args.rounds):
             for idempotent in (False, True):
-                rate = run_once(broker.bootstrap, "idem-bench", args.records, value, idempotent)
+                rate = run_once(broker.bootstrap, "idem-bench", args.records, value, idempotent,
+                                args.max_in_flight)
                 rates[idempotent].append(rate)
                 print(f"round {r}: idempotence={idempotent}: {rate:,.0f} records/s", flush=True)
     finally:

@@ -52,6 +52,11 @@ struct Args {
     acks: i16,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Produce as an idempotent producer (InitProducerId per connection, sequence numbers per
+    /// partition). Every batch's header is rewritten and its CRC recomputed in both modes,
+    /// so the client does the same work either way.
+    #[arg(long)]
+    idempotent: bool,
 }
 
 struct Conn {
@@ -112,7 +117,10 @@ fn make_batch(records: usize, record_bytes: usize) -> Result<Bytes> {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // The encoder starts a new batch wherever offset - sequence changes; keep it
+            // constant so that the records form one batch (`stamp_producer` then sets the
+            // real base sequence, -1 when not idempotent).
+            sequence: i as i32,
             timestamp: 0,
             key: None,
             value: Some(value.clone()),
@@ -128,7 +136,31 @@ fn make_batch(records: usize, record_bytes: usize) -> Result<Bytes> {
             compression: Compression::None,
         },
     )?;
+    let size = protocol::record_batch::RecordBatchView::parse(&buf)?.size_bytes();
+    anyhow::ensure!(size == buf.len(), "the records did not encode as one batch");
     Ok(buf.freeze())
+}
+
+/// Sets a stored batch's producer id, epoch and base sequence, then its CRC32C.
+fn stamp_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+fn init_producer_id(conn: &mut Conn) -> Result<(i64, i16)> {
+    let mut req = InitProducerIdRequest::default();
+    req.transactional_id = None;
+    req.transaction_timeout_ms = 60_000;
+    req.producer_id = ProducerId(-1);
+    req.producer_epoch = -1;
+    let resp = conn.send(&req, 4)?;
+    if resp.error_code != 0 {
+        bail!("InitProducerId failed with error {}", resp.error_code);
+    }
+    Ok((resp.producer_id.0, resp.producer_epoch))
 }
 
 fn throughput(a: Args) -> Result<()> {
@@ -154,22 +186,33 @@ fn throughput(a: Args) -> Result<()> {
                 (a.clone(), batch.clone(), stop.clone(), bytes_acked.clone());
             std::thread::spawn(move || -> Result<()> {
                 let mut conn = Conn::connect(&a.bootstrap)?;
-                let mut td = produce_request::TopicProduceData::default();
-                td.name = name(&a.topic);
-                td.partition_data = (0..a.partitions)
-                    .map(|p| {
-                        let mut pd = produce_request::PartitionProduceData::default();
-                        pd.index = p;
-                        pd.records = Some(batch.clone());
-                        pd
-                    })
-                    .collect();
+                let (producer_id, epoch) = if a.idempotent {
+                    init_producer_id(&mut conn)?
+                } else {
+                    (-1, -1)
+                };
+                let mut sequences = vec![0i32; a.partitions as usize];
                 let mut req = ProduceRequest::default();
                 req.acks = a.acks;
                 req.timeout_ms = 30_000;
-                req.topic_data = vec![td];
                 let payload = (a.partitions as usize * a.batch_records * a.record_bytes) as u64;
                 while !stop.load(Ordering::Relaxed) {
+                    let mut td = produce_request::TopicProduceData::default();
+                    td.name = name(&a.topic);
+                    td.partition_data = (0..a.partitions)
+                        .map(|p| {
+                            let seq = &mut sequences[p as usize];
+                            let mut b = BytesMut::from(&batch[..]);
+                            let base_sequence = if a.idempotent { *seq } else { -1 };
+                            stamp_producer(&mut b, producer_id, epoch, base_sequence);
+                            *seq = seq.wrapping_add(a.batch_records as i32);
+                            let mut pd = produce_request::PartitionProduceData::default();
+                            pd.index = p;
+                            pd.records = Some(b.freeze());
+                            pd
+                        })
+                        .collect();
+                    req.topic_data = vec![td];
                     let resp = conn.send(&req, 9)?;
                     for p in &resp.responses[0].partition_responses {
                         if p.error_code != 0 {
@@ -234,7 +277,7 @@ fn throughput(a: Args) -> Result<()> {
     let fetch_secs = fetch_started.elapsed().as_secs_f64();
     let mb = |b: u64, s: f64| b as f64 / s / 1e6;
     println!(
-        "produce: {:.1} MB/s of record values ({} MB in {:.1}s, acks={}, {} connections, {} x {} B records per batch, {} partitions)",
+        "produce: {:.1} MB/s of record values ({} MB in {:.1}s, acks={}, {} connections, {} x {} B records per batch, {} partitions, idempotent={})",
         mb(produced, produce_secs),
         produced / 1_000_000,
         produce_secs,
@@ -242,7 +285,8 @@ fn throughput(a: Args) -> Result<()> {
         a.connections,
         a.batch_records,
         a.record_bytes,
-        a.partitions
+        a.partitions,
+        a.idempotent
     );
     println!(
         "fetch:   {:.1} MB/s of stored batches ({} MB in {:.1}s, one connection, from the start)",
