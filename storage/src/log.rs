@@ -238,11 +238,20 @@ impl Log {
             } else {
                 0
             };
-            for_each_batch(seg, start, seg.size_bytes, |view| {
-                if view.last_offset() >= from.0 {
-                    producers.record(view);
-                }
-            })
+            let window = READ_WINDOW_MIN_BYTES * 16;
+            find_batch(
+                &seg.file,
+                &seg.path,
+                start,
+                seg.size_bytes,
+                window,
+                |view| {
+                    if view.last_offset() >= from.0 {
+                        producers.record(view);
+                    }
+                    None::<()>
+                },
+            )
             .await?;
         }
         Ok(producers)
@@ -857,39 +866,21 @@ impl Log {
                 })
                 .collect()
         };
-        for (file, path, mut pos, limit) in candidates {
-            while pos < limit {
-                let len = (READ_WINDOW_MIN_BYTES * 4).min((limit - pos) as usize);
-                let data = file
-                    .read_at(pos, len)
-                    .await
-                    .map_err(|e| StorageError::io("read segment", &path, e))?;
-                let mut consumed = 0usize;
-                for view in BatchIter::new(&data, false) {
-                    if view.max_timestamp() >= timestamp {
-                        return Ok(Some(Bytes::copy_from_slice(view.as_bytes())));
-                    }
-                    consumed += view.size_bytes();
-                }
-                if consumed == 0 {
-                    // A batch larger than the window: read it whole.
-                    match protocol::record_batch::batch_size_from_prefix(&data) {
-                        Some(Ok(size)) => {
-                            let whole = file
-                                .read_at(pos, size)
-                                .await
-                                .map_err(|e| StorageError::io("read segment", &path, e))?;
-                            if let Ok(view) = RecordBatchView::parse(&whole) {
-                                if view.max_timestamp() >= timestamp {
-                                    return Ok(Some(Bytes::copy_from_slice(view.as_bytes())));
-                                }
-                            }
-                            consumed = size;
-                        }
-                        _ => break,
-                    }
-                }
-                pos += consumed as u64;
+        for (file, path, pos, limit) in candidates {
+            let found = find_batch(
+                &file,
+                &path,
+                pos,
+                limit,
+                READ_WINDOW_MIN_BYTES * 4,
+                |view| {
+                    (view.max_timestamp() >= timestamp)
+                        .then(|| Bytes::copy_from_slice(view.as_bytes()))
+                },
+            )
+            .await?;
+            if found.is_some() {
+                return Ok(found);
             }
         }
         Ok(None)
@@ -952,24 +943,28 @@ fn list_producer_snapshots(dir: &Path) -> Result<Vec<(Offset, PathBuf)>> {
     Ok(out)
 }
 
-/// Calls `f` for every whole batch of `seg` between byte positions `start` and `limit`.
-async fn for_each_batch(
-    seg: &LogSegment,
+/// Calls `f` on the whole batches of `file` between byte positions `start` and `limit`, in
+/// order, reading `window_bytes` at a time, until `f` returns `Some`.
+async fn find_batch<T>(
+    file: &DmaFile,
+    path: &Path,
     start: u64,
     limit: u64,
-    mut f: impl FnMut(&RecordBatchView<'_>),
-) -> Result<()> {
+    window_bytes: usize,
+    mut f: impl FnMut(&RecordBatchView<'_>) -> Option<T>,
+) -> Result<Option<T>> {
     let mut pos = start;
     while pos < limit {
-        let len = (READ_WINDOW_MIN_BYTES * 16).min((limit - pos) as usize);
-        let data = seg
-            .file
+        let len = window_bytes.min((limit - pos) as usize);
+        let data = file
             .read_at(pos, len)
             .await
-            .map_err(|e| StorageError::io("read segment", &seg.path, e))?;
+            .map_err(|e| StorageError::io("read segment", path, e))?;
         let mut consumed = 0usize;
         for view in BatchIter::new(&data, false) {
-            f(&view);
+            if let Some(found) = f(&view) {
+                return Ok(Some(found));
+            }
             consumed += view.size_bytes();
         }
         if consumed == 0 {
@@ -977,18 +972,18 @@ async fn for_each_batch(
             let Some(Ok(size)) = protocol::record_batch::batch_size_from_prefix(&data) else {
                 break;
             };
-            let whole = seg
-                .file
+            let whole = file
                 .read_at(pos, size)
                 .await
-                .map_err(|e| StorageError::io("read segment", &seg.path, e))?;
-            match RecordBatchView::parse(&whole) {
-                Ok(view) => f(&view),
-                Err(_) => break,
+                .map_err(|e| StorageError::io("read segment", path, e))?;
+            if let Ok(view) = RecordBatchView::parse(&whole) {
+                if let Some(found) = f(&view) {
+                    return Ok(Some(found));
+                }
             }
             consumed = size;
         }
         pos += consumed as u64;
     }
-    Ok(())
+    Ok(None)
 }
