@@ -154,7 +154,6 @@ impl Shard {
         }
     }
 
-    /// The partition leader on this shard, if it owns one.
     /// Every `producer.id.expiration.check.interval.ms`, forgets idle idempotent producers
     /// of this shard's partitions (rolls do it too). Runs until the shard stops.
     pub async fn expire_producers_loop(self: Rc<Self>) {
@@ -176,6 +175,7 @@ impl Shard {
         }
     }
 
+    /// The partition leader on this shard, if it owns one.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
         self.partitions
             .borrow()
