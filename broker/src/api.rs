@@ -67,6 +67,57 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         min: 0,
         max: 4,
     },
+    ApiRange {
+        key: ApiKey::JoinGroup,
+        min: 0,
+        max: 9,
+    },
+    ApiRange {
+        key: ApiKey::SyncGroup,
+        min: 0,
+        max: 5,
+    },
+    ApiRange {
+        key: ApiKey::Heartbeat,
+        min: 0,
+        max: 4,
+    },
+    ApiRange {
+        key: ApiKey::LeaveGroup,
+        min: 0,
+        max: 5,
+    },
+    // v9+ carry KIP-848 member epochs; classic groups stop at 8, as Kafka 3.7.
+    ApiRange {
+        key: ApiKey::OffsetCommit,
+        min: 2,
+        max: 8,
+    },
+    ApiRange {
+        key: ApiKey::OffsetFetch,
+        min: 1,
+        max: 8,
+    },
+    ApiRange {
+        key: ApiKey::DescribeGroups,
+        min: 0,
+        max: 5,
+    },
+    ApiRange {
+        key: ApiKey::ListGroups,
+        min: 0,
+        max: 5,
+    },
+    ApiRange {
+        key: ApiKey::DeleteGroups,
+        min: 0,
+        max: 2,
+    },
+    ApiRange {
+        key: ApiKey::OffsetDelete,
+        min: 0,
+        max: 0,
+    },
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<ApiRange> {
@@ -92,9 +143,13 @@ pub enum Reply {
 pub struct RequestContext {
     pub shard: Rc<Shard>,
     pub api_version: i16,
+    /// The request header's client id ("" when null).
+    pub client_id: String,
+    /// The peer address as Kafka reports it in DescribeGroups: `/<ip>`.
+    pub client_host: String,
 }
 
-pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope) -> Reply {
+pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope, peer: &str) -> Reply {
     let supported = supported_range(env.api_key)
         .is_some_and(|r| env.api_version >= r.min && env.api_version <= r.max);
     if !supported {
@@ -118,9 +173,12 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope) -> Reply {
         Ok(r) => r,
         Err(e) => return Reply::Close(e.to_string()),
     };
+    let ip = peer.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(peer);
     let ctx = RequestContext {
         shard: shard.clone(),
         api_version: env.api_version,
+        client_id: env.client_id.clone().unwrap_or_default(),
+        client_host: format!("/{}", ip.trim_start_matches('[').trim_end_matches(']')),
     };
     let response = match request {
         RequestKind::ApiVersions(r) => {
@@ -147,7 +205,37 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope) -> Reply {
             ResponseKind::InitProducerId(handlers::init_producer_id::handle(&ctx, r).await)
         }
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(handlers::find_coordinator::handle(&ctx, r))
+            ResponseKind::FindCoordinator(handlers::find_coordinator::handle(&ctx, r).await)
+        }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(handlers::join_group::handle(&ctx, r).await)
+        }
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(handlers::sync_group::handle(&ctx, r).await)
+        }
+        RequestKind::Heartbeat(r) => {
+            ResponseKind::Heartbeat(handlers::heartbeat::handle(&ctx, r).await)
+        }
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(handlers::leave_group::handle(&ctx, r).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(handlers::offset_commit::handle(&ctx, r).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(handlers::offset_fetch::handle(&ctx, r).await)
+        }
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(handlers::describe_groups::handle(&ctx, r).await)
+        }
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(handlers::list_groups::handle(&ctx, r).await)
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(handlers::delete_groups::handle(&ctx, r).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(handlers::offset_delete::handle(&ctx, r).await)
         }
         other => {
             return Reply::Close(format!(

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use storage::LogConfig;
 
+use crate::group::GroupConfig;
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// `listeners` (PLAINTEXT://host:port) or `--listen`.
@@ -51,6 +53,13 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     /// `cluster.id` (defaults to a fixed value for a single node).
     pub cluster_id: String,
+    /// Consumer groups: `offsets.topic.num.partitions`, `group.*.session.timeout.ms`,
+    /// `group.initial.rebalance.delay.ms`, `group.max.size`, `offset.metadata.max.bytes`,
+    /// `offsets.retention.minutes`, `offsets.retention.check.interval.ms`,
+    /// `sluice.group.member.metadata.max.bytes`.
+    pub group: GroupConfig,
+    /// `offsets.topic.segment.bytes`: segment size of `__consumer_offsets`.
+    pub offsets_topic_segment_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -77,6 +86,8 @@ impl Default for BrokerConfig {
             producer_id_expiration_check_interval_ms: 600_000,
             log: LogConfig::default(),
             cluster_id: "sluice-single-node".into(),
+            group: GroupConfig::default(),
+            offsets_topic_segment_bytes: 100 << 20,
         }
     }
 }
@@ -176,6 +187,34 @@ impl BrokerConfig {
                     self.log.producer_id_expiration_ms = parse(key, value)?
                 }
                 "cluster.id" => self.cluster_id = value.clone(),
+                "offsets.topic.num.partitions" => {
+                    self.group.offsets_partitions = parse(key, value)?
+                }
+                "offsets.topic.segment.bytes" => {
+                    self.offsets_topic_segment_bytes = parse(key, value)?
+                }
+                "group.min.session.timeout.ms" => {
+                    self.group.min_session_timeout_ms = parse(key, value)?
+                }
+                "group.max.session.timeout.ms" => {
+                    self.group.max_session_timeout_ms = parse(key, value)?
+                }
+                "group.initial.rebalance.delay.ms" => {
+                    self.group.initial_rebalance_delay_ms = parse(key, value)?
+                }
+                "group.max.size" => self.group.max_size = parse(key, value)?,
+                "offset.metadata.max.bytes" => {
+                    self.group.offset_metadata_max_bytes = parse(key, value)?
+                }
+                "offsets.retention.minutes" => {
+                    self.group.offsets_retention_ms = parse::<u64>(key, value)? * 60_000
+                }
+                "offsets.retention.check.interval.ms" => {
+                    self.group.offsets_retention_check_interval_ms = parse(key, value)?
+                }
+                "sluice.group.member.metadata.max.bytes" => {
+                    self.group.member_metadata_max_bytes = parse(key, value)?
+                }
                 _ => {
                     tracing::warn!(property = %key, "unknown or not yet supported property ignored")
                 }
@@ -214,6 +253,21 @@ impl BrokerConfig {
         }
         if self.producer_id_expiration_check_interval_ms == 0 {
             bail!("producer.id.expiration.check.interval.ms must be positive");
+        }
+        if !(1..=1000).contains(&self.group.offsets_partitions) {
+            bail!("offsets.topic.num.partitions must be between 1 and 1000");
+        }
+        if self.group.min_session_timeout_ms > self.group.max_session_timeout_ms {
+            bail!("group.min.session.timeout.ms exceeds group.max.session.timeout.ms");
+        }
+        if self.group.max_size == 0 {
+            bail!("group.max.size must be at least 1");
+        }
+        if self.group.offsets_retention_check_interval_ms == 0 {
+            bail!("offsets.retention.check.interval.ms must be positive");
+        }
+        if self.offsets_topic_segment_bytes < 1024 {
+            bail!("offsets.topic.segment.bytes must be at least 1024");
         }
         if self.log.segment_bytes < 1024 {
             bail!("log.segment.bytes must be at least 1024");

@@ -4,6 +4,7 @@ mod api;
 mod config;
 mod controller;
 mod errors;
+mod group;
 mod handlers;
 mod metadata;
 mod runtime;

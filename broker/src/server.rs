@@ -121,7 +121,7 @@ async fn serve_connection(
             tracing::warn!(%peer, error = %e, "closing connection: bad request header");
         })?;
         let _inflight = shard.begin_request();
-        match dispatch(shard, envelope).await {
+        match dispatch(shard, envelope, peer).await {
             Reply::Response(bytes) => {
                 let stream = reader.get_mut();
                 stream.write_all(&bytes).await?;

@@ -20,6 +20,8 @@ use storage::{GroupCommit, Log};
 
 use crate::config::BrokerConfig;
 use crate::controller::Controller;
+use crate::group::records::{decode_batches, encode_batch};
+use crate::group::{Coordinator, Write, OFFSETS_TOPIC};
 use crate::metadata::{partition_dir, MetadataImage};
 
 /// Index of a shard, 0-based (glommio executor ids start at 1).
@@ -29,6 +31,12 @@ pub struct ShardId(pub usize);
 type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 /// A unit of work sent to another shard.
 pub type ShardJob = Box<dyn FnOnce(Rc<Shard>) -> LocalFuture + Send>;
+
+/// How often a shard advances its group coordinator's timers.
+const GROUP_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Read size when replaying `__consumer_offsets` at start-up.
+const GROUP_LOAD_READ_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("shard {0} is not running")]
@@ -58,6 +66,8 @@ pub struct Shard {
     pub listen_port: Cell<u16>,
     /// This shard's unused producer ids, a block from the controller.
     pub producer_ids: RefCell<std::ops::Range<i64>>,
+    /// The consumer groups whose `__consumer_offsets` partitions this shard owns.
+    pub groups: RefCell<Coordinator>,
 }
 
 /// Counts a request as in flight until dropped (see [`Shard::drain`]).
@@ -83,6 +93,7 @@ impl Shard {
     ) -> Rc<Shard> {
         let controller = (id.0 == 0).then(|| Rc::new(Controller::new(config.clone())));
         let request_memory_bytes = config.queued_max_request_bytes as u64;
+        let groups = RefCell::new(Coordinator::new(config.group.clone()));
         let shard = Rc::new(Shard {
             id,
             config,
@@ -100,6 +111,7 @@ impl Shard {
             request_memory: Rc::new(glommio::sync::Semaphore::new(request_memory_bytes)),
             listen_port: Cell::new(0),
             producer_ids: RefCell::new(0..0),
+            groups,
         });
         *shard.self_ref.borrow_mut() = Rc::downgrade(&shard);
         shard
@@ -175,6 +187,76 @@ impl Shard {
         }
     }
 
+    /// Advances the group coordinator's timers every [`GROUP_TICK`] and appends the group
+    /// records it queued. Runs until the shard stops.
+    pub async fn groups_loop(self: Rc<Self>) {
+        while !self.is_stopping() {
+            glommio::timer::sleep(GROUP_TICK).await;
+            let writes = {
+                let mut groups = self.groups.borrow_mut();
+                groups.tick(crate::handlers::now_ms());
+                groups.take_writes()
+            };
+            for w in writes {
+                if let Err(e) = self.append_group_records(w).await {
+                    tracing::warn!(error = %e, "cannot store group metadata");
+                }
+            }
+        }
+    }
+
+    /// Appends group records to this shard's `__consumer_offsets` partition and waits until
+    /// they are durable.
+    pub async fn append_group_records(&self, write: Write) -> Result<(), storage::StorageError> {
+        let Some(partition) = self.partition(OFFSETS_TOPIC, write.partition) else {
+            return Err(storage::StorageError::Closed {
+                path: partition_dir(&self.config.data_dir, OFFSETS_TOPIC, write.partition),
+            });
+        };
+        let now = crate::handlers::now_ms();
+        let batch = encode_batch(&write.records, now as i64);
+        let info = partition
+            .log
+            .append(&batch, partition.leader_epoch.0, usize::MAX, now)
+            .await?;
+        partition.log.wait_durable(info.end_offset).await
+    }
+
+    /// Replays one `__consumer_offsets` partition into the coordinator.
+    async fn load_groups(&self, log: &Log, partition: i32) -> Result<()> {
+        let mut offset = log.log_start_offset();
+        let end = log.durable_offset();
+        let mut records = Vec::new();
+        while offset < end {
+            let read = log.read(offset, GROUP_LOAD_READ_BYTES, true).await?;
+            if read.records.is_empty() {
+                break;
+            }
+            let mut next = offset;
+            for view in protocol::record_batch::BatchIter::new(&read.records, false) {
+                next = storage::Offset(view.last_offset() + 1);
+            }
+            match decode_batches(read.records) {
+                Ok(mut r) => records.append(&mut r),
+                Err(e) => {
+                    tracing::warn!(partition, %offset, error = %e, "undecodable group records skipped")
+                }
+            }
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+        let n = records.len();
+        self.groups
+            .borrow_mut()
+            .load(records, crate::handlers::now_ms());
+        if n > 0 {
+            tracing::info!(partition, records = n, "group records loaded");
+        }
+        Ok(())
+    }
+
     /// The partition leader on this shard, if it owns one.
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
         self.partitions
@@ -220,9 +302,20 @@ impl Shard {
                 }
             }
         }
+        if let Some(t) = image.topics.get(OFFSETS_TOPIC) {
+            self.groups.borrow_mut().config.offsets_partitions = t.partitions.len() as i32;
+        }
         for (topic, index) in to_open {
             let dir = partition_dir(&self.config.data_dir, &topic, index);
-            let log = Log::open(&dir, self.config.log.clone(), self.commit.clone()).await?;
+            let config = if topic == OFFSETS_TOPIC {
+                self.offsets_log_config()
+            } else {
+                self.config.log.clone()
+            };
+            let log = Log::open(&dir, config, self.commit.clone()).await?;
+            if topic == OFFSETS_TOPIC {
+                self.load_groups(&log, index).await?;
+            }
             let partition = Rc::new(Partition {
                 topic: topic.clone(),
                 index,
@@ -238,6 +331,16 @@ impl Shard {
         Ok(())
     }
 
+    /// `__consumer_offsets` holds small records: smaller segments, buffers and preallocation
+    /// than data topics, so its 50 partitions cost little.
+    fn offsets_log_config(&self) -> storage::LogConfig {
+        let mut c = self.config.log.clone();
+        c.segment_bytes = self.config.offsets_topic_segment_bytes;
+        c.preallocate_bytes = c.preallocate_bytes.min(1 << 20);
+        c.write_buffer_bytes = c.write_buffer_bytes.min(64 << 10);
+        c
+    }
+
     pub fn begin_request(&self) -> InflightGuard {
         self.inflight.set(self.inflight.get() + 1);
         InflightGuard {
@@ -250,6 +353,7 @@ impl Shard {
     /// requests in flight to be answered.
     pub async fn drain(&self, timeout: std::time::Duration) {
         self.stopping.set(true);
+        self.groups.borrow_mut().shutdown();
         self.stop_listening.notify(usize::MAX);
         let deadline = std::time::Instant::now() + timeout;
         while self.inflight.get() > 0 {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::str_bytes;
 use crate::api::RequestContext;
 use crate::controller::TopicSpec;
+use crate::group::OFFSETS_TOPIC;
 use crate::metadata::{topic_name, validate_topic_name, TopicMeta};
 use crate::shard::ShardId;
 
@@ -42,6 +43,9 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
             .iter()
             .filter_map(|(name, _)| name.as_ref())
             .filter(|n| !image.topics.contains_key(*n) && validate_topic_name(n).is_ok())
+            // Kafka never auto-creates its internal topic from Metadata: the group
+            // coordinator creates it with its own partition count and configs.
+            .filter(|n| n.as_str() != OFFSETS_TOPIC)
             .map(|n| TopicSpec {
                 name: n.clone(),
                 num_partitions: -1,
@@ -71,6 +75,7 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
         t.name = Some(topic_name(name));
         t.topic_id = meta.uuid();
         t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+        t.is_internal = name == OFFSETS_TOPIC;
         t.partitions = (0..meta.partitions.len() as i32)
             .map(|i| {
                 let mut p = MetadataResponsePartition::default();
