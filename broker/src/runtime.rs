@@ -14,6 +14,9 @@ use crate::shard::{Shard, ShardId, ShardJob};
 /// How long shutdown waits for in-flight requests (`sluice.shutdown.drain.ms`, fixed for now).
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
+/// How long start-up waits for a listener on its port to go away before refusing to start.
+const STALE_LISTENER_GRACE: Duration = Duration::from_secs(3);
+
 enum Event {
     /// Every shard listens, on this address (its port resolved when 0 was asked for).
     Ready(std::net::SocketAddr),
@@ -34,13 +37,20 @@ pub fn run(config: BrokerConfig) -> Result<()> {
     } else {
         config.listen
     };
-    if config.listen.port() != 0
-        && std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
-    {
-        bail!(
-            "address {} is already served by another process",
-            config.listen
-        );
+    // A broker killed a moment ago can still hold its listener: the kernel tears io_uring
+    // rings (and the sockets they reference) down after the process is gone. So a live
+    // listener must persist for STALE_LISTENER_GRACE before it counts as another broker.
+    if config.listen.port() != 0 {
+        let deadline = std::time::Instant::now() + STALE_LISTENER_GRACE;
+        while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "address {} is already served by another process",
+                    config.listen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     let signals = block_signals()?;

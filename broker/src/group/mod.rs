@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 
-use records::{GroupValue, Key, Value};
+use records::{GroupValue, Key, MemberValue, Value};
 
 /// The internal topic that stores committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -99,6 +99,9 @@ impl GroupState {
         }
     }
 }
+
+/// The result of one item of a request (0 or an error code on the wire).
+pub type Outcome = Result<(), ResponseError>;
 
 /// An answer now, or a receiver that gets it when the rebalance step completes.
 pub enum Reply<T> {
@@ -379,7 +382,26 @@ impl Group {
         }
     }
 
+    /// The group's metadata record; members are included when the group is Stable.
     fn group_record(&self) -> (Key, Option<Value>) {
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let members = if self.state == GroupState::Stable {
+            self.members
+                .iter()
+                .map(|m| MemberValue {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    rebalance_timeout_ms: m.rebalance_timeout_ms as i32,
+                    session_timeout_ms: m.session_timeout_ms as i32,
+                    subscription: m.metadata_for(&protocol),
+                    assignment: m.assignment.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         (
             Key::Group(self.id.clone()),
             Some(Value::Group(GroupValue {
@@ -388,6 +410,7 @@ impl Group {
                 protocol: self.protocol.clone(),
                 leader: self.leader.clone(),
                 state_timestamp: self.state_since_ms as i64,
+                members,
             })),
         )
     }
@@ -1299,7 +1322,7 @@ impl Coordinator {
         &mut self,
         group: &str,
         partitions: &[(String, i32)],
-    ) -> Result<(Vec<Result<(), ResponseError>>, Option<Write>), ResponseError> {
+    ) -> Result<(Vec<Outcome>, Option<Write>), ResponseError> {
         let Some(g) = self.groups.get_mut(group) else {
             return Err(ResponseError::GroupIdNotFound);
         };
@@ -1383,7 +1406,40 @@ impl Coordinator {
                         .or_insert_with(|| Group::new(group.clone(), partition, now));
                     g.generation = v.generation;
                     g.protocol_type = (!v.protocol_type.is_empty()).then_some(v.protocol_type);
+                    g.protocol = v.protocol;
+                    g.leader = v.leader;
                     g.state_since_ms = v.state_timestamp.max(0) as u64;
+                    // A Stable group comes back Stable with its members, who carry on with
+                    // their generation; they must heartbeat within their session timeout.
+                    g.members.clear();
+                    g.statics.clear();
+                    let protocol = g.protocol.clone().unwrap_or_default();
+                    for m in v.members {
+                        if let Some(i) = &m.instance_id {
+                            g.statics.insert(i.clone(), m.member_id.clone());
+                        }
+                        g.members.push(Member {
+                            id: m.member_id,
+                            instance_id: m.instance_id,
+                            client_id: m.client_id,
+                            client_host: m.client_host,
+                            session_timeout_ms: m.session_timeout_ms.max(0) as u64,
+                            rebalance_timeout_ms: m.rebalance_timeout_ms.max(0) as u64,
+                            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                            protocols: vec![(protocol.clone(), m.subscription)],
+                            assignment: m.assignment,
+                            join_waiter: None,
+                            sync_waiter: None,
+                            heartbeat_deadline: now + m.session_timeout_ms.max(0) as u64,
+                        });
+                    }
+                    if g.members.is_empty() {
+                        g.leader = None;
+                        g.protocol = None;
+                        g.state = GroupState::Empty;
+                    } else {
+                        g.state = GroupState::Stable;
+                    }
                 }
                 (Key::Group(group), None) => {
                     self.groups.remove(&group);

@@ -8,9 +8,14 @@
 //! group metadata  key   v2: i16 version=2, string group
 //!                 value v3: i16 version=3, string protocol type, i32 generation,
 //!                           nullable string protocol, nullable string leader,
-//!                           i64 state timestamp, i32 member count (always 0: members are
-//!                           not restored after a restart, they rejoin)
+//!                           i64 state timestamp, i32 member count, then per member:
+//!                           string member id, nullable string instance id, string client id,
+//!                           string client host, i32 rebalance timeout, i32 session timeout,
+//!                           bytes subscription, bytes assignment (bytes: i32 length + data)
 //! ```
+//!
+//! The members are written when a group becomes Stable, so that after a restart its members
+//! carry on (commits, heartbeats) with the generation they have, as with Kafka.
 //!
 //! Strings are i16 length + UTF-8 (length -1 for null). A record without a value (a
 //! tombstone) deletes its key. Until compaction exists the log keeps every record; loading
@@ -46,6 +51,19 @@ pub struct GroupValue {
     pub protocol: Option<String>,
     pub leader: Option<String>,
     pub state_timestamp: i64,
+    pub members: Vec<MemberValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberValue {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    pub subscription: Bytes,
+    pub assignment: Bytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +99,17 @@ fn get_str(buf: &mut Bytes) -> Option<Option<String>> {
     }
     let s = String::from_utf8(buf.split_to(len).to_vec()).ok()?;
     Some(Some(s))
+}
+
+fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
+    buf.put_i32(b.len() as i32);
+    buf.put_slice(b);
+}
+
+fn get_bytes(buf: &mut Bytes) -> Option<Bytes> {
+    let len = get_i32(buf)?;
+    let len = usize::try_from(len).ok()?;
+    (buf.remaining() >= len).then(|| buf.split_to(len))
 }
 
 fn get_i64(buf: &mut Bytes) -> Option<i64> {
@@ -172,26 +201,47 @@ impl GroupValue {
         put_nullable(&mut buf, self.protocol.as_deref());
         put_nullable(&mut buf, self.leader.as_deref());
         buf.put_i64(self.state_timestamp);
-        buf.put_i32(0);
+        buf.put_i32(self.members.len() as i32);
+        for m in &self.members {
+            put_str(&mut buf, &m.member_id);
+            put_nullable(&mut buf, m.instance_id.as_deref());
+            put_str(&mut buf, &m.client_id);
+            put_str(&mut buf, &m.client_host);
+            buf.put_i32(m.rebalance_timeout_ms);
+            buf.put_i32(m.session_timeout_ms);
+            put_bytes(&mut buf, &m.subscription);
+            put_bytes(&mut buf, &m.assignment);
+        }
         buf.freeze()
     }
 
-    /// Versions 2 and 3 (the ones with a state timestamp); members are skipped.
+    /// Version 3 (Kafka 2.3+: state timestamp and instance ids).
     pub fn decode(mut buf: Bytes) -> Option<GroupValue> {
-        if buf.remaining() < 2 {
+        if buf.remaining() < 2 || buf.get_i16() != 3 {
             return None;
         }
-        let version = buf.get_i16();
-        if !(2..=3).contains(&version) {
-            return None;
-        }
-        Some(GroupValue {
+        let mut v = GroupValue {
             protocol_type: get_str(&mut buf)?.unwrap_or_default(),
             generation: get_i32(&mut buf)?,
             protocol: get_str(&mut buf)?,
             leader: get_str(&mut buf)?,
             state_timestamp: get_i64(&mut buf)?,
-        })
+            members: Vec::new(),
+        };
+        let count = get_i32(&mut buf)?;
+        for _ in 0..count.max(0) {
+            v.members.push(MemberValue {
+                member_id: get_str(&mut buf)??,
+                instance_id: get_str(&mut buf)?,
+                client_id: get_str(&mut buf)?.unwrap_or_default(),
+                client_host: get_str(&mut buf)?.unwrap_or_default(),
+                rebalance_timeout_ms: get_i32(&mut buf)?,
+                session_timeout_ms: get_i32(&mut buf)?,
+                subscription: get_bytes(&mut buf)?,
+                assignment: get_bytes(&mut buf)?,
+            });
+        }
+        Some(v)
     }
 }
 
@@ -287,8 +337,18 @@ mod tests {
                     protocol_type: "consumer".into(),
                     generation: 5,
                     protocol: Some("range".into()),
-                    leader: None,
+                    leader: Some("m1".into()),
                     state_timestamp: 9,
+                    members: vec![MemberValue {
+                        member_id: "m1".into(),
+                        instance_id: Some("i1".into()),
+                        client_id: "c".into(),
+                        client_host: "/127.0.0.1".into(),
+                        rebalance_timeout_ms: 300_000,
+                        session_timeout_ms: 10_000,
+                        subscription: Bytes::from_static(b"sub"),
+                        assignment: Bytes::from_static(b"asg"),
+                    }],
                 })),
             ),
             (Key::Group("gone".into()), None),

@@ -110,7 +110,7 @@ fn a_new_member_makes_everyone_rejoin_and_the_leader_sees_all() {
     let mut c = Coordinator::new(config(0));
     let (a, mut ra) = join_new(&mut c, "g", 0);
     ready(&mut ra).unwrap();
-    let _ = pending(sync(&mut c, "g", 1, &a));
+    let _waiting = pending(sync(&mut c, "g", 1, &a));
     let (b, mut rb) = join_new(&mut c, "g", 10);
     assert!(ready(&mut rb).is_none(), "b waits for a to rejoin");
     assert_eq!(
@@ -296,7 +296,7 @@ fn commits_follow_generation_rules_and_groups_delete_only_when_empty() {
         c.check_commit("g", 1, &a, None, 0),
         Err(ResponseError::RebalanceInProgress)
     );
-    let _ = pending(sync(&mut c, "g", 1, &a));
+    let _waiting = pending(sync(&mut c, "g", 1, &a));
     assert!(c.check_commit("g", 1, &a, None, 0).is_ok());
     assert_eq!(
         c.check_commit("g", 0, &a, None, 0),
@@ -361,4 +361,44 @@ fn offsets_of_empty_groups_expire_after_retention() {
         "an empty group without offsets is gone"
     );
     assert_eq!(c.take_writes().len(), 1);
+}
+
+#[test]
+fn a_stable_group_survives_a_reload_with_its_members_and_generation() {
+    let mut c = Coordinator::new(config(0));
+    let (a, mut ra) = join_new(&mut c, "g", 0);
+    ready(&mut ra).unwrap();
+    let mut s = pending(c.sync(
+        SyncArgs {
+            group_id: "g".into(),
+            generation: 1,
+            member_id: a.clone(),
+            instance_id: None,
+            protocol_type: None,
+            protocol: None,
+            assignments: vec![(a.clone(), Bytes::from_static(b"p0"))],
+        },
+        0,
+    ));
+    ready(&mut s).unwrap();
+    let records: Vec<_> = c
+        .take_writes()
+        .into_iter()
+        .flat_map(|w| w.records)
+        .collect();
+    assert_eq!(records.len(), 1, "the Stable transition is recorded");
+
+    let mut restarted = Coordinator::new(config(0));
+    restarted.load(records, 1_000);
+    let d = restarted.describe("g").unwrap();
+    assert_eq!(d.state, GroupState::Stable);
+    assert_eq!(&d.members[0].assignment[..], b"p0");
+    assert_eq!(restarted.heartbeat("g", 1, &a, None, 1_000), Ok(()));
+    assert!(restarted.check_commit("g", 1, &a, None, 1_000).is_ok());
+    // Members that do not come back time out as usual.
+    restarted.tick(11_000);
+    assert_eq!(
+        restarted.heartbeat("g", 1, &a, None, 11_000),
+        Err(ResponseError::UnknownMemberId)
+    );
 }

@@ -14,7 +14,9 @@ use crate::api::RequestContext;
 use crate::group::CommittedOffset;
 use crate::metadata::topic_name;
 
-type Answer = Result<Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>, ResponseError>;
+/// Per topic, per requested partition, its committed offset if any.
+type TopicOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+type Answer = Result<TopicOffsets, ResponseError>;
 
 /// Offsets of `group` for `wanted` topics and partitions (all committed ones when `None`),
 /// grouped by topic in request order.
@@ -51,7 +53,7 @@ async fn fetch(
             })
             .collect(),
         None => {
-            let mut out: Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> = Vec::new();
+            let mut out: TopicOffsets = Vec::new();
             for ((t, p), o) in found {
                 match out.last_mut() {
                     Some((lt, parts)) if *lt == t => parts.push((p, Some(o))),

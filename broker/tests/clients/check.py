@@ -9,8 +9,8 @@ topic back by partition assignment. A topic passes only when every record is the
 once with the right key, value, headers and timestamp, offsets are contiguous and the
 producer's order is intact in each partition, and every key lives in one partition.
 
-kafkajs' consumer always joins a group (not served yet), so its topics are read back with
-confluent-kafka.
+kafkajs' consumer always joins a group, so its topics are read back with confluent-kafka
+(by assignment, like the others); groups.py covers kafkajs as a group consumer.
 
 usage: check.py --broker target/release/sluice [--records N] [--clients a,b]
 """

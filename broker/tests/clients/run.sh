@@ -27,6 +27,8 @@ python3 -c "import confluent_kafka as c; print('confluent-kafka', c.version()[0]
 (cd "$root" && cargo build --release -p broker)
 python3 "$here/check.py" --broker "$root/target/release/sluice" \
   --records "${SLUICE_CHECK_RECORDS:-100000}" "$@"
+echo "== consumer groups: rebalances, session timeouts, static members, admin clients"
+python3 "$here/groups.py" --broker "$root/target/release/sluice"
 echo "== idempotent producers through kill -9 and lost responses"
 python3 "$here/idempotence.py" --broker "$root/target/release/sluice" \
   --records "${SLUICE_IDEMPOTENCE_RECORDS:-1000000}"
