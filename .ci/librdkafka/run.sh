@@ -3,6 +3,7 @@
 #
 #   run.sh            every test in must-pass.txt, one at a time; fails if any fails
 #   run.sh --each     every numbered test, one at a time, PASS/FAIL/SKIP each (for triage)
+#   run.sh --each N…  the same for the given test numbers only
 #
 # Tests run in quick mode (-Q), without sockem (-E), as Kafka 3.7.0 (the protocol level the
 # broker speaks), against a broker configured like librdkafka's default test scenario
@@ -60,7 +61,8 @@ if [ "${1:-}" = "--each" ]; then
   # Three at a time: most of the suite's time is spent waiting.
   export -f run_one
   export logs log broker
-  ls [0-9][0-9][0-9][0-9]-*.c* | cut -c1-4 | sort -u |
+  shift
+  if [ $# -gt 0 ]; then printf '%s\n' "$@"; else ls [0-9][0-9][0-9][0-9]-*.c* | cut -c1-4 | sort -u; fi |
     xargs -P3 -I{} bash -c 'run_one {} || true'
   exit 0
 fi

@@ -30,6 +30,24 @@ struct Cli {
 enum Cmd {
     /// Produce fixed-size records as fast as acknowledgements allow, then fetch them all back.
     Throughput(Args),
+    /// Commit offsets (OffsetCommit, outside group management) back to back from one
+    /// connection: commits per second and per-commit latency (each answer means durable).
+    Commits(CommitArgs),
+}
+
+#[derive(Parser, Clone)]
+struct CommitArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "bench-commits")]
+    group: String,
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Partitions of the topic (created if missing); each commit names all of them.
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 #[derive(Parser, Clone)]
@@ -163,19 +181,92 @@ fn init_producer_id(conn: &mut Conn) -> Result<(i64, i16)> {
     Ok((resp.producer_id.0, resp.producer_epoch))
 }
 
-fn throughput(a: Args) -> Result<()> {
-    let mut admin = Conn::connect(&a.bootstrap)?;
+/// Creates `topic` unless it exists.
+fn create_topic(conn: &mut Conn, topic: &str, partitions: i32) -> Result<()> {
     let mut t = create_topics_request::CreatableTopic::default();
-    t.name = name(&a.topic);
-    t.num_partitions = a.partitions;
+    t.name = name(topic);
+    t.num_partitions = partitions;
     t.replication_factor = 1;
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![t];
     req.timeout_ms = 30_000;
-    let code = admin.send(&req, 5)?.topics[0].error_code;
+    let code = conn.send(&req, 5)?.topics[0].error_code;
     if code != 0 && code != 36 {
         bail!("create topic failed with error {code}");
     }
+    Ok(())
+}
+
+/// The value at quantile `q` of sorted samples.
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn commits(a: CommitArgs) -> Result<()> {
+    let mut conn = Conn::connect(&a.bootstrap)?;
+    create_topic(&mut conn, &a.topic, a.partitions)?;
+    let mut find = FindCoordinatorRequest::default();
+    find.key = StrBytes::from_string(a.group.clone());
+    let found = conn.send(&find, 3)?;
+    if found.error_code != 0 {
+        bail!("FindCoordinator failed with error {}", found.error_code);
+    }
+    let mut conn = Conn::connect(&format!("{}:{}", found.host.as_str(), found.port))?;
+    let mut latencies_us = Vec::new();
+    let started = Instant::now();
+    let mut next = 0i64;
+    while started.elapsed() < Duration::from_secs(a.seconds) {
+        next += 1;
+        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+        t.name = name(&a.topic);
+        t.partitions = (0..a.partitions)
+            .map(|p| {
+                let mut op = offset_commit_request::OffsetCommitRequestPartition::default();
+                op.partition_index = p;
+                op.committed_offset = next;
+                op.committed_leader_epoch = -1;
+                op
+            })
+            .collect();
+        let mut req = OffsetCommitRequest::default();
+        req.group_id = GroupId(StrBytes::from_string(a.group.clone()));
+        req.generation_id_or_member_epoch = -1;
+        req.topics = vec![t];
+        let sent = Instant::now();
+        let resp = conn.send(&req, 8)?;
+        latencies_us.push(sent.elapsed().as_micros() as u64);
+        for p in &resp.topics[0].partitions {
+            if p.error_code != 0 {
+                bail!(
+                    "commit error {} on partition {}",
+                    p.error_code,
+                    p.partition_index
+                );
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    println!(
+        "commits: {:.0}/s from one connection ({} commits of {} partition(s) in {:.1}s); latency p50 {} us, p99 {} us, max {} us",
+        latencies_us.len() as f64 / secs,
+        latencies_us.len(),
+        a.partitions,
+        secs,
+        quantile(&latencies_us, 0.5),
+        quantile(&latencies_us, 0.99),
+        latencies_us.last().copied().unwrap_or(0)
+    );
+    Ok(())
+}
+
+fn throughput(a: Args) -> Result<()> {
+    let mut admin = Conn::connect(&a.bootstrap)?;
+    create_topic(&mut admin, &a.topic, a.partitions)?;
     let batch = make_batch(a.batch_records, a.record_bytes)?;
     let stop = Arc::new(AtomicBool::new(false));
     let bytes_acked = Arc::new(AtomicU64::new(0));
@@ -300,5 +391,20 @@ fn throughput(a: Args) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Throughput(a) => throughput(a),
+        Cmd::Commits(a) => commits(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_pick_the_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), 51);
+        assert_eq!(quantile(&v, 0.99), 99);
+        assert_eq!(quantile(&v, 1.0), 100);
+        assert_eq!(quantile(&[], 0.5), 0);
     }
 }

@@ -192,15 +192,19 @@ impl Shard {
     pub async fn groups_loop(self: Rc<Self>) {
         while !self.is_stopping() {
             glommio::timer::sleep(GROUP_TICK).await;
-            let writes = {
-                let mut groups = self.groups.borrow_mut();
-                groups.tick(crate::handlers::now_ms());
-                groups.take_writes()
-            };
-            for w in writes {
-                if let Err(e) = self.append_group_records(w).await {
-                    tracing::warn!(error = %e, "cannot store group metadata");
-                }
+            self.groups.borrow_mut().tick(crate::handlers::now_ms());
+            self.flush_group_writes().await;
+        }
+    }
+
+    /// Appends the group metadata records the coordinator queued (a group became Stable or
+    /// Empty, a static member was replaced) and waits until they are durable. Handlers call
+    /// it before answering, as Kafka stores the group before answering SyncGroup.
+    pub async fn flush_group_writes(&self) {
+        let writes = self.groups.borrow_mut().take_writes();
+        for w in writes {
+            if let Err(e) = self.append_group_records(w).await {
+                tracing::warn!(error = %e, "cannot store group metadata");
             }
         }
     }

@@ -13,6 +13,10 @@ fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
 }
 
+fn gid(s: &str) -> GroupId {
+    GroupId(StrBytes::from_string(s.to_owned()))
+}
+
 fn advertised(c: &mut Client) -> Vec<(i16, i16, i16)> {
     let resp = c.send(&ApiVersionsRequest::default(), 3);
     assert_eq!(resp.error_code, 0);
@@ -25,7 +29,11 @@ fn advertised(c: &mut Client) -> Vec<(i16, i16, i16)> {
 #[test]
 fn every_advertised_version_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"), 2, &[]);
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        2,
+        &["group.initial.rebalance.delay.ms=0"],
+    );
     let mut c = broker.client();
     assert_eq!(c.create_topic("v", 2), 0);
     let one: Bytes = batch(&[b"hello".to_vec()], 1_000, Compression::Gzip);
@@ -149,6 +157,120 @@ fn every_advertised_version_answers() {
                     }
                     c.try_send(&req, v)
                         .is_some_and(|r| r.error_code == 0 && r.producer_id.0 >= 0)
+                }
+                ApiKey::JoinGroup => {
+                    let mut p = join_group_request::JoinGroupRequestProtocol::default();
+                    p.name = StrBytes::from_static_str("range");
+                    let mut req = JoinGroupRequest::default();
+                    req.group_id = gid(&format!("join-v{v}"));
+                    req.session_timeout_ms = 10_000;
+                    req.rebalance_timeout_ms = 10_000;
+                    req.protocol_type = StrBytes::from_static_str("consumer");
+                    req.protocols = vec![p];
+                    // v4+: an id first (MEMBER_ID_REQUIRED); before: joined at once.
+                    c.try_send(&req, v).is_some_and(|r| {
+                        !r.member_id.is_empty()
+                            && if v >= 4 {
+                                r.error_code == 79
+                            } else {
+                                r.error_code == 0 && r.generation_id == 1
+                            }
+                    })
+                }
+                ApiKey::SyncGroup => {
+                    let mut req = SyncGroupRequest::default();
+                    req.group_id = gid("nobody");
+                    req.member_id = StrBytes::from_static_str("m");
+                    c.try_send(&req, v).is_some_and(|r| r.error_code == 25)
+                }
+                ApiKey::Heartbeat => {
+                    let mut req = HeartbeatRequest::default();
+                    req.group_id = gid("nobody");
+                    req.member_id = StrBytes::from_static_str("m");
+                    c.try_send(&req, v).is_some_and(|r| r.error_code == 25)
+                }
+                ApiKey::LeaveGroup => {
+                    let mut req = LeaveGroupRequest::default();
+                    req.group_id = gid("nobody");
+                    if v >= 3 {
+                        let mut m = leave_group_request::MemberIdentity::default();
+                        m.member_id = StrBytes::from_static_str("m");
+                        req.members = vec![m];
+                    } else {
+                        req.member_id = StrBytes::from_static_str("m");
+                    }
+                    c.try_send(&req, v).is_some_and(|r| {
+                        if v >= 3 {
+                            r.members.len() == 1 && r.members[0].error_code == 25
+                        } else {
+                            r.error_code == 25
+                        }
+                    })
+                }
+                ApiKey::OffsetCommit => {
+                    let mut op = offset_commit_request::OffsetCommitRequestPartition::default();
+                    op.committed_offset = 5;
+                    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+                    t.name = name("v");
+                    t.partitions = vec![op];
+                    let mut req = OffsetCommitRequest::default();
+                    req.group_id = gid("oc");
+                    req.generation_id_or_member_epoch = -1;
+                    req.topics = vec![t];
+                    c.try_send(&req, v)
+                        .is_some_and(|r| r.topics[0].partitions[0].error_code == 0)
+                }
+                ApiKey::OffsetFetch => {
+                    let mut req = OffsetFetchRequest::default();
+                    if v >= 8 {
+                        let mut g = offset_fetch_request::OffsetFetchRequestGroup::default();
+                        g.group_id = gid("oc");
+                        g.topics = None;
+                        req.groups = vec![g];
+                    } else {
+                        let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+                        t.name = name("v");
+                        t.partition_indexes = vec![0];
+                        req.group_id = gid("oc");
+                        req.topics = Some(vec![t]);
+                    }
+                    c.try_send(&req, v).is_some_and(|r| {
+                        let offset = if v >= 8 {
+                            r.groups[0].topics[0].partitions[0].committed_offset
+                        } else {
+                            r.topics[0].partitions[0].committed_offset
+                        };
+                        offset == 5
+                    })
+                }
+                ApiKey::DescribeGroups => {
+                    let mut req = DescribeGroupsRequest::default();
+                    req.groups = vec![gid("oc")];
+                    c.try_send(&req, v).is_some_and(|r| {
+                        r.groups[0].error_code == 0 && r.groups[0].group_state.as_str() == "Empty"
+                    })
+                }
+                ApiKey::ListGroups => c
+                    .try_send(&ListGroupsRequest::default(), v)
+                    .is_some_and(|r| r.groups.iter().any(|g| g.group_id.0.as_str() == "oc")),
+                ApiKey::DeleteGroups => {
+                    let mut req = DeleteGroupsRequest::default();
+                    req.groups_names = vec![gid("nobody")];
+                    c.try_send(&req, v)
+                        .is_some_and(|r| r.results[0].error_code == 69)
+                }
+                ApiKey::OffsetDelete => {
+                    let mut p = offset_delete_request::OffsetDeleteRequestPartition::default();
+                    p.partition_index = 0;
+                    let mut t = offset_delete_request::OffsetDeleteRequestTopic::default();
+                    t.name = name("v");
+                    t.partitions = vec![p];
+                    let mut req = OffsetDeleteRequest::default();
+                    req.group_id = gid("oc");
+                    req.topics = vec![t];
+                    c.try_send(&req, v).is_some_and(|r| {
+                        r.error_code == 0 && r.topics[0].partitions[0].error_code == 0
+                    })
                 }
                 other => panic!("advertised {other:?} without a case in this test"),
             };

@@ -42,6 +42,7 @@ pub async fn handle(ctx: &RequestContext, req: JoinGroupRequest) -> JoinGroupRes
     };
     let result = match on_coordinator(ctx, &group, move |s| async move {
         let reply = s.groups.borrow_mut().join(args, now_ms());
+        s.flush_group_writes().await;
         settle(reply, || JoinResult {
             error: ResponseError::NotCoordinator.code(),
             generation: -1,

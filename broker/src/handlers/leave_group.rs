@@ -27,7 +27,9 @@ pub async fn handle(ctx: &RequestContext, req: LeaveGroupRequest) -> LeaveGroupR
     let leaving = members.clone();
     let g = group.clone();
     let errors = on_coordinator(ctx, &group, move |s| async move {
-        s.groups.borrow_mut().leave(&g, leaving, now_ms())
+        let errors = s.groups.borrow_mut().leave(&g, leaving, now_ms());
+        s.flush_group_writes().await;
+        errors
     })
     .await;
     let mut resp = LeaveGroupResponse::default();

@@ -1,5 +1,6 @@
 //! SyncGroup (key 14): the leader's assignment is spread to every member on the group's
-//! coordinator shard; followers wait for it there.
+//! coordinator shard; followers wait for it there. The group (members, assignments,
+//! generation) is stored in `__consumer_offsets` before the leader is answered, as Kafka does.
 
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::ResponseError;
@@ -26,6 +27,7 @@ pub async fn handle(ctx: &RequestContext, req: SyncGroupRequest) -> SyncGroupRes
     };
     let result = on_coordinator(ctx, &group, move |s| async move {
         let reply = s.groups.borrow_mut().sync(args, now_ms());
+        s.flush_group_writes().await;
         settle(reply, || SyncResult {
             error: ResponseError::NotCoordinator.code(),
             ..SyncResult::default()
