@@ -59,6 +59,8 @@ pub enum CreateTopicError {
 pub enum DeleteTopicError {
     #[error("unknown topic")]
     Unknown,
+    #[error("internal topics cannot be deleted")]
+    Internal,
     #[error("topic deletion is disabled (delete.topic.enable=false)")]
     Disabled,
     #[error("metadata could not be stored: {0}")]
@@ -249,6 +251,9 @@ impl Controller {
         let results: Vec<_> = names
             .iter()
             .map(|n| {
+                if n == crate::group::OFFSETS_TOPIC {
+                    return Err(DeleteTopicError::Internal);
+                }
                 next.topics
                     .remove(n)
                     .map(|_| ())

@@ -48,6 +48,7 @@ pub fn create_topic_error(e: &CreateTopicError) -> ResponseError {
 pub fn delete_topic_error(e: &DeleteTopicError) -> ResponseError {
     match e {
         DeleteTopicError::Unknown => ResponseError::UnknownTopicOrPartition,
+        DeleteTopicError::Internal => ResponseError::InvalidTopicException,
         DeleteTopicError::Disabled => ResponseError::TopicDeletionDisabled,
         DeleteTopicError::Storage(_) => ResponseError::KafkaStorageError,
     }

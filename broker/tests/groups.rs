@@ -9,6 +9,7 @@ use bytes::Bytes;
 use common::{Broker, Client};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::Compression;
 
 const ILLEGAL_GENERATION: i16 = 22;
 const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
@@ -20,6 +21,7 @@ const INVALID_REQUEST: i16 = 42;
 const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
 const MEMBER_ID_REQUIRED: i16 = 79;
+const INVALID_TOPIC_EXCEPTION: i16 = 17;
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_owned())
@@ -299,4 +301,29 @@ fn groups_over_the_wire_with_bad_input_and_kill9() {
     let after = fetch_offsets(&mut c, &["solo-0".to_owned(), "solo-1".to_owned()]);
     assert_eq!(after[0].1, vec![], "deleted group's offsets stay deleted");
     assert_eq!(after[1].1, vec![(2, 101)]);
+
+    // The internal topic is the coordinator's: clients may not append to or delete it.
+    let x = common::batch(&[b"x".to_vec()], 1, Compression::None);
+    let r = c.produce("__consumer_offsets", &[(0, x)], -1);
+    assert_eq!(r[0].1, INVALID_TOPIC_EXCEPTION);
+    assert_eq!(
+        delete_topic(&mut c, "__consumer_offsets"),
+        INVALID_TOPIC_EXCEPTION
+    );
+
+    // Deleting a topic deletes the offsets committed for it, durably.
+    assert_eq!(delete_topic(&mut c, "orders"), 0);
+    broker.kill9();
+    broker.restart();
+    let mut c = broker.client();
+    let after = fetch_offsets(&mut c, &["solo-1".to_owned(), "live".to_owned()]);
+    assert_eq!(after[0].1, vec![]);
+    assert_eq!(after[1].1, vec![]);
+}
+
+fn delete_topic(c: &mut Client, topic: &str) -> i16 {
+    let mut req = DeleteTopicsRequest::default();
+    req.topic_names = vec![TopicName(s(topic))];
+    req.timeout_ms = 10_000;
+    c.send(&req, 4).responses[0].error_code
 }

@@ -1366,6 +1366,40 @@ impl Coordinator {
         Ok((errors, write))
     }
 
+    /// Drops every group's committed offsets of `topics` (they were deleted), queueing the
+    /// tombstones.
+    pub fn forget_topics(&mut self, topics: &[String]) {
+        for g in self.groups.values_mut() {
+            let gone: Vec<(String, i32)> = g
+                .offsets
+                .keys()
+                .filter(|(t, _)| topics.contains(t))
+                .cloned()
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let records = gone
+                .into_iter()
+                .map(|(topic, partition)| {
+                    g.offsets.remove(&(topic.clone(), partition));
+                    (
+                        Key::Offset {
+                            group: g.id.clone(),
+                            topic,
+                            partition,
+                        },
+                        None,
+                    )
+                })
+                .collect();
+            self.writes.push(Write {
+                partition: g.partition,
+                records,
+            });
+        }
+    }
+
     /// Replays records read from an offsets partition at load time (last one per key wins).
     pub fn load(&mut self, records: Vec<(Key, Option<Value>)>, now: u64) {
         for (key, value) in records {

@@ -32,6 +32,7 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> DeleteTop
             .collect()
     };
     let names: Vec<String> = asked.iter().filter_map(|(n, _)| n.clone()).collect();
+    let deleting = names.clone();
     let outcome = ctx
         .shard
         .invoke_on(ShardId(0), move |s| async move {
@@ -39,6 +40,19 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> DeleteTop
             c.delete_topics(&s, names).await
         })
         .await;
+    // Committed offsets of deleted topics go too (Kafka removes them as well), so a topic
+    // created again under the same name does not resume from stale positions.
+    if let Ok(results) = &outcome {
+        let deleted: Vec<String> = deleting
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !deleted.is_empty() {
+            forget_offsets(ctx, deleted).await;
+        }
+    }
     let mut outcomes = match outcome {
         Ok(v) => v
             .into_iter()
@@ -69,4 +83,18 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> DeleteTop
     let mut resp = DeleteTopicsResponse::default();
     resp.responses = responses;
     resp
+}
+
+/// Removes every group's committed offsets of `topics`, on every shard.
+async fn forget_offsets(ctx: &RequestContext, topics: Vec<String>) {
+    for shard in 0..ctx.shard.shard_count() {
+        let topics = topics.clone();
+        let _ = ctx
+            .shard
+            .invoke_on(ShardId(shard), move |s| async move {
+                s.groups.borrow_mut().forget_topics(&topics);
+                s.flush_group_writes().await;
+            })
+            .await;
+    }
 }

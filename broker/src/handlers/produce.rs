@@ -14,6 +14,7 @@ use kafka_protocol::ResponseError;
 use super::{now_ms, str_bytes};
 use crate::api::RequestContext;
 use crate::errors::storage_error;
+use crate::group::OFFSETS_TOPIC;
 use crate::shard::{Shard, ShardId};
 
 struct Item {
@@ -55,6 +56,15 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
                     slot,
                     ResponseError::InvalidRequiredAcks,
                     format!("acks={acks}"),
+                ));
+                continue;
+            }
+            if name == OFFSETS_TOPIC {
+                // Only the group coordinator writes there, as in Kafka.
+                early.push(Outcome::error(
+                    slot,
+                    ResponseError::InvalidTopicException,
+                    format!("cannot append to internal topic {name}"),
                 ));
                 continue;
             }
