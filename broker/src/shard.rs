@@ -226,22 +226,25 @@ impl Shard {
         partition.log.wait_durable(info.end_offset).await
     }
 
-    /// Replays one `__consumer_offsets` partition into the coordinator.
+    /// Replays one `__consumer_offsets` partition into the coordinator, one read window at a
+    /// time (memory stays bounded by the window, not the log).
     async fn load_groups(&self, log: &Log, partition: i32) -> Result<()> {
         let mut offset = log.log_start_offset();
         let end = log.durable_offset();
-        let mut records = Vec::new();
+        let mut loaded = 0usize;
         while offset < end {
             let read = log.read(offset, GROUP_LOAD_READ_BYTES, true).await?;
-            if read.records.is_empty() {
-                break;
-            }
             let mut next = offset;
             for view in protocol::record_batch::BatchIter::new(&read.records, false) {
                 next = storage::Offset(view.last_offset() + 1);
             }
             match decode_batches(read.records) {
-                Ok(mut r) => records.append(&mut r),
+                Ok(records) => {
+                    loaded += records.len();
+                    self.groups
+                        .borrow_mut()
+                        .load(records, crate::handlers::now_ms());
+                }
                 Err(e) => {
                     tracing::warn!(partition, %offset, error = %e, "undecodable group records skipped")
                 }
@@ -251,12 +254,8 @@ impl Shard {
             }
             offset = next;
         }
-        let n = records.len();
-        self.groups
-            .borrow_mut()
-            .load(records, crate::handlers::now_ms());
-        if n > 0 {
-            tracing::info!(partition, records = n, "group records loaded");
+        if loaded > 0 {
+            tracing::info!(partition, records = loaded, "group records loaded");
         }
         Ok(())
     }
