@@ -9,7 +9,9 @@ synchronously after processing:
   1. three members split the partitions (every partition has exactly one owner);
   2. a fourth joins; 3. one leaves cleanly; 4. one is killed with SIGKILL and must be
      removed after its session timeout (measured); 5. the broker is killed with SIGKILL and
-     restarted: the members carry on from the committed offsets.
+     restarted: the members carry on from the committed offsets; 6. the broker is stopped
+     cleanly and restarted, and a member is replaced by a new process, which resumes from
+     the committed offsets.
 
 Records are produced between the steps; at the end every record must have been processed
 exactly once by the group (nothing lost, nothing twice). With cooperative-sticky, members
@@ -248,10 +250,18 @@ def scenario(broker, name, dir, results):
     broker.start()
     wait_split([a, d])
     batch()
+
+    log(f"{name}: broker stopped (SIGTERM) and restarted; a member replaced by a new process")
+    broker.stop()
+    broker.start()
+    a.stop()
+    e = spawn(f"{name}-e")
+    wait_split([d, e])
+    batch()
     n = check_exactly_once(bootstrap, topic, dir, names)
     log(f"{name}: {n} records, each processed exactly once by the group")
     results[name] = {"records": n, "session_removal_s": round(removed_after, 1)}
-    for w in (a, d):
+    for w in (d, e):
         w.stop()
 
 
