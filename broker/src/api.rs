@@ -118,6 +118,11 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         min: 0,
         max: 0,
     },
+    ApiRange {
+        key: ApiKey::CreatePartitions,
+        min: 0,
+        max: 3,
+    },
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<ApiRange> {
@@ -233,6 +238,9 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope, peer: &str) -> Re
         }
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(handlers::delete_groups::handle(&ctx, r).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(handlers::create_partitions::handle(&ctx, r).await)
         }
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(handlers::offset_delete::handle(&ctx, r).await)

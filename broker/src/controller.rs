@@ -67,6 +67,20 @@ pub enum DeleteTopicError {
     Storage(String),
 }
 
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CreatePartitionsError {
+    #[error("unknown topic")]
+    Unknown,
+    #[error("topic currently has {current} partitions, which is not fewer than the requested {requested}")]
+    NotMore { current: usize, requested: i32 },
+    #[error("{0} partitions exceed sluice.topic.partitions.max")]
+    TooMany(i32),
+    #[error("the partition count of an internal topic cannot change")]
+    Internal,
+    #[error("metadata could not be stored: {0}")]
+    Storage(String),
+}
+
 pub struct Controller {
     config: Arc<BrokerConfig>,
     image: RefCell<MetadataImage>,
@@ -211,6 +225,80 @@ impl Controller {
         };
         image.topics.insert(spec.name, topic.clone());
         Ok(topic)
+    }
+
+    /// Adds partitions to existing topics (placed like new ones: least-loaded shard first).
+    pub async fn create_partitions(
+        &self,
+        shard: &Shard,
+        requests: Vec<(String, i32)>,
+        validate_only: bool,
+    ) -> Vec<Result<(), CreatePartitionsError>> {
+        let Ok(_permit) = self.lock.acquire_permit(1).await else {
+            return requests
+                .iter()
+                .map(|_| Err(CreatePartitionsError::Storage("controller stopped".into())))
+                .collect();
+        };
+        let mut next = self.image.borrow().clone();
+        let shards = shard.shard_count();
+        let mut load = vec![0usize; shards];
+        for t in next.topics.values() {
+            for p in &t.partitions {
+                load[p.shard % shards] += 1;
+            }
+        }
+        let results: Vec<Result<(), CreatePartitionsError>> = requests
+            .iter()
+            .map(|(name, count)| {
+                if name == crate::group::OFFSETS_TOPIC {
+                    return Err(CreatePartitionsError::Internal);
+                }
+                let topic = next
+                    .topics
+                    .get_mut(name)
+                    .ok_or(CreatePartitionsError::Unknown)?;
+                let current = topic.partitions.len();
+                if *count <= current as i32 {
+                    return Err(CreatePartitionsError::NotMore {
+                        current,
+                        requested: *count,
+                    });
+                }
+                if *count > TOPIC_PARTITIONS_MAX {
+                    return Err(CreatePartitionsError::TooMany(*count));
+                }
+                for _ in current..*count as usize {
+                    let (s, _) = load
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(i, n)| (**n, *i))
+                        .expect("at least one shard");
+                    load[s] += 1;
+                    topic.partitions.push(PartitionMeta { shard: s });
+                }
+                Ok(())
+            })
+            .collect();
+        if validate_only || results.iter().all(|r| r.is_err()) {
+            return results;
+        }
+        next.version += 1;
+        let outcome = match next.store(&self.config.data_dir) {
+            Ok(()) => {
+                *self.image.borrow_mut() = next.clone();
+                self.publish(shard, Arc::new(next)).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "create partitions failed");
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(CreatePartitionsError::Storage(e.to_string()))))
+                .collect();
+        }
+        results
     }
 
     /// Hands out the next block of producer ids once it is persisted: a restart never hands

@@ -5,7 +5,7 @@ use protocol::record_batch::BatchError;
 use storage::producer_state::ProducerError;
 use storage::StorageError;
 
-use crate::controller::{CreateTopicError, DeleteTopicError};
+use crate::controller::{CreatePartitionsError, CreateTopicError, DeleteTopicError};
 
 pub fn storage_error(e: &StorageError) -> ResponseError {
     match e {
@@ -51,5 +51,16 @@ pub fn delete_topic_error(e: &DeleteTopicError) -> ResponseError {
         DeleteTopicError::Internal => ResponseError::InvalidTopicException,
         DeleteTopicError::Disabled => ResponseError::TopicDeletionDisabled,
         DeleteTopicError::Storage(_) => ResponseError::KafkaStorageError,
+    }
+}
+
+pub fn create_partitions_error(e: &CreatePartitionsError) -> ResponseError {
+    match e {
+        CreatePartitionsError::Unknown => ResponseError::UnknownTopicOrPartition,
+        CreatePartitionsError::NotMore { .. } | CreatePartitionsError::TooMany(_) => {
+            ResponseError::InvalidPartitions
+        }
+        CreatePartitionsError::Internal => ResponseError::InvalidRequest,
+        CreatePartitionsError::Storage(_) => ResponseError::KafkaStorageError,
     }
 }

@@ -272,6 +272,17 @@ fn every_advertised_version_answers() {
                         r.error_code == 0 && r.topics[0].partitions[0].error_code == 0
                     })
                 }
+                ApiKey::CreatePartitions => {
+                    // Topic "v" starts with 2 partitions; each version adds one.
+                    let mut t = create_partitions_request::CreatePartitionsTopic::default();
+                    t.name = name("v");
+                    t.count = 3 + v as i32;
+                    let mut req = CreatePartitionsRequest::default();
+                    req.topics = vec![t];
+                    req.timeout_ms = 10_000;
+                    c.try_send(&req, v)
+                        .is_some_and(|r| r.results[0].error_code == 0)
+                }
                 other => panic!("advertised {other:?} without a case in this test"),
             };
             assert!(
