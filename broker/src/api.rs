@@ -123,6 +123,31 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         min: 0,
         max: 3,
     },
+    ApiRange {
+        key: ApiKey::DescribeConfigs,
+        min: 1,
+        max: 4,
+    },
+    ApiRange {
+        key: ApiKey::AlterConfigs,
+        min: 0,
+        max: 2,
+    },
+    ApiRange {
+        key: ApiKey::IncrementalAlterConfigs,
+        min: 0,
+        max: 1,
+    },
+    ApiRange {
+        key: ApiKey::DeleteRecords,
+        min: 0,
+        max: 2,
+    },
+    ApiRange {
+        key: ApiKey::DescribeCluster,
+        min: 0,
+        max: 1,
+    },
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<ApiRange> {
@@ -239,6 +264,21 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope, peer: &str) -> Re
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(handlers::delete_groups::handle(&ctx, r).await)
         }
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(handlers::delete_records::handle(&ctx, r).await)
+        }
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(handlers::describe_cluster::handle(&ctx, r))
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(handlers::describe_configs::handle(&ctx, r).await)
+        }
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(handlers::alter_configs::handle(&ctx, r).await)
+        }
+        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+            handlers::alter_configs::handle_incremental(&ctx, r).await,
+        ),
         RequestKind::CreatePartitions(r) => {
             ResponseKind::CreatePartitions(handlers::create_partitions::handle(&ctx, r).await)
         }

@@ -48,7 +48,10 @@ pub struct BrokerConfig {
     /// `producer.id.expiration.check.interval.ms`: how often each shard looks for idle
     /// idempotent producers to forget.
     pub producer_id_expiration_check_interval_ms: u64,
+    /// `log.retention.check.interval.ms`: how often each shard applies retention.
+    pub log_retention_check_interval_ms: u64,
     /// `log.segment.bytes`, `log.roll.ms` / `log.roll.hours`, `log.index.interval.bytes`,
+    /// `log.retention.ms` / `.minutes` / `.hours`, `log.retention.bytes`,
     /// `sluice.log.preallocate.bytes`, `sluice.log.write.buffer.bytes`.
     pub log: LogConfig,
     /// `cluster.id` (defaults to a fixed value for a single node).
@@ -84,6 +87,7 @@ impl Default for BrokerConfig {
             queued_max_request_bytes: 256 << 20,
             fetch_max_wait_ms_max: 30_000,
             producer_id_expiration_check_interval_ms: 600_000,
+            log_retention_check_interval_ms: 300_000,
             log: LogConfig::default(),
             cluster_id: "sluice-single-node".into(),
             group: GroupConfig::default(),
@@ -183,6 +187,17 @@ impl BrokerConfig {
                 "producer.id.expiration.check.interval.ms" => {
                     self.producer_id_expiration_check_interval_ms = parse(key, value)?
                 }
+                "log.retention.ms" => self.log.retention_ms = parse(key, value)?,
+                "log.retention.minutes" => {
+                    self.log.retention_ms = parse::<i64>(key, value)?.saturating_mul(60_000)
+                }
+                "log.retention.hours" => {
+                    self.log.retention_ms = parse::<i64>(key, value)?.saturating_mul(3_600_000)
+                }
+                "log.retention.bytes" => self.log.retention_bytes = parse(key, value)?,
+                "log.retention.check.interval.ms" => {
+                    self.log_retention_check_interval_ms = parse(key, value)?
+                }
                 "producer.id.expiration.ms" => {
                     self.log.producer_id_expiration_ms = parse(key, value)?
                 }
@@ -250,6 +265,9 @@ impl BrokerConfig {
         }
         if self.queued_max_request_bytes < self.socket_request_max_bytes {
             bail!("queued.max.request.bytes must be at least socket.request.max.bytes");
+        }
+        if self.log_retention_check_interval_ms == 0 {
+            bail!("log.retention.check.interval.ms must be positive");
         }
         if self.producer_id_expiration_check_interval_ms == 0 {
             bail!("producer.id.expiration.check.interval.ms must be positive");

@@ -18,9 +18,7 @@ use anyhow::Result;
 use glommio::sync::Semaphore;
 
 use crate::config::BrokerConfig;
-use crate::metadata::{
-    random_id, validate_topic_name, MetadataImage, PartitionMeta, TopicMeta, TOPIC_CONFIG_NAMES,
-};
+use crate::metadata::{random_id, validate_topic_name, MetadataImage, PartitionMeta, TopicMeta};
 use crate::shard::{Shard, ShardId};
 
 /// Producer ids a shard takes from the controller at a time (Kafka's block size).
@@ -49,8 +47,8 @@ pub enum CreateTopicError {
     InvalidPartitions(i32),
     #[error("replication factor {requested} is larger than the {brokers} available brokers")]
     InvalidReplicationFactor { requested: i16, brokers: i32 },
-    #[error("unknown topic config name: {0}")]
-    UnknownConfig(String),
+    #[error("{0}")]
+    InvalidConfig(String),
     #[error("metadata could not be stored: {0}")]
     Storage(String),
 }
@@ -77,6 +75,26 @@ pub enum CreatePartitionsError {
     TooMany(i32),
     #[error("the partition count of an internal topic cannot change")]
     Internal,
+    #[error("metadata could not be stored: {0}")]
+    Storage(String),
+}
+
+/// One change to a topic's configs (IncrementalAlterConfigs' operations; AlterConfigs is
+/// a `replace` with `Set`s).
+#[derive(Debug, Clone)]
+pub enum ConfigOp {
+    Set(String, String),
+    Delete(String),
+    Append(String, String),
+    Subtract(String, String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AlterConfigsError {
+    #[error("unknown topic")]
+    Unknown,
+    #[error("{0}")]
+    Invalid(String),
     #[error("metadata could not be stored: {0}")]
     Storage(String),
 }
@@ -187,12 +205,8 @@ impl Controller {
         if image.topics.contains_key(&spec.name) {
             return Err(CreateTopicError::AlreadyExists);
         }
-        if let Some(unknown) = spec
-            .configs
-            .keys()
-            .find(|k| !TOPIC_CONFIG_NAMES.contains(&k.as_str()))
-        {
-            return Err(CreateTopicError::UnknownConfig(unknown.clone()));
+        for (name, value) in &spec.configs {
+            crate::topic_config::validate(name, value).map_err(CreateTopicError::InvalidConfig)?;
         }
         let partitions = if spec.num_partitions == -1 {
             self.config.num_partitions
@@ -301,6 +315,62 @@ impl Controller {
         results
     }
 
+    /// Changes topic configs: each request is `(topic, replace all first?, operations)`,
+    /// checked as a whole (one bad operation changes nothing of that topic), persisted and
+    /// published; shards apply the new settings to open logs.
+    pub async fn alter_topic_configs(
+        &self,
+        shard: &Shard,
+        requests: Vec<(String, bool, Vec<ConfigOp>)>,
+        validate_only: bool,
+    ) -> Vec<Result<(), AlterConfigsError>> {
+        let Ok(_permit) = self.lock.acquire_permit(1).await else {
+            return requests
+                .iter()
+                .map(|_| Err(AlterConfigsError::Storage("controller stopped".into())))
+                .collect();
+        };
+        let mut next = self.image.borrow().clone();
+        let results: Vec<Result<(), AlterConfigsError>> = requests
+            .into_iter()
+            .map(|(name, replace, ops)| {
+                let topic = next
+                    .topics
+                    .get_mut(&name)
+                    .ok_or(AlterConfigsError::Unknown)?;
+                let mut configs = if replace {
+                    BTreeMap::new()
+                } else {
+                    topic.configs.clone()
+                };
+                for op in ops {
+                    apply_config_op(&mut configs, op).map_err(AlterConfigsError::Invalid)?;
+                }
+                topic.configs = configs;
+                Ok(())
+            })
+            .collect();
+        if validate_only || results.iter().all(|r| r.is_err()) {
+            return results;
+        }
+        next.version += 1;
+        let outcome = match next.store(&self.config.data_dir) {
+            Ok(()) => {
+                *self.image.borrow_mut() = next.clone();
+                self.publish(shard, Arc::new(next)).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "alter configs failed");
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(AlterConfigsError::Storage(e.to_string()))))
+                .collect();
+        }
+        results
+    }
+
     /// Hands out the next block of producer ids once it is persisted: a restart never hands
     /// out an id twice (ids of a block never used are skipped, as in Kafka).
     pub async fn allocate_producer_ids(&self) -> Result<std::ops::Range<i64>> {
@@ -368,4 +438,65 @@ impl Controller {
         }
         results
     }
+}
+
+/// Applies one config operation to a topic's set configs, validating the result.
+fn apply_config_op(configs: &mut BTreeMap<String, String>, op: ConfigOp) -> Result<(), String> {
+    use crate::topic_config::{def, validate};
+    let list_def = |name: &str| match def(name) {
+        Some(d) if d.is_list() => Ok(d),
+        Some(_) => Err(format!(
+            "{name} is not a list: APPEND and SUBTRACT do not apply"
+        )),
+        None => Err(format!("unknown topic config name: {name}")),
+    };
+    match op {
+        ConfigOp::Set(name, value) => {
+            validate(&name, &value)?;
+            configs.insert(name, value);
+        }
+        ConfigOp::Delete(name) => {
+            if def(&name).is_none() {
+                return Err(format!("unknown topic config name: {name}"));
+            }
+            configs.remove(&name);
+        }
+        ConfigOp::Append(name, value) => {
+            list_def(&name)?;
+            let mut items: Vec<String> = configs
+                .get(&name)
+                .map(|v| v.split(',').map(|i| i.trim().to_owned()).collect())
+                .unwrap_or_default();
+            items.retain(|i| !i.is_empty());
+            for add in value.split(',').map(str::trim) {
+                if !add.is_empty() && !items.iter().any(|i| i == add) {
+                    items.push(add.to_owned());
+                }
+            }
+            let joined = items.join(",");
+            validate(&name, &joined)?;
+            configs.insert(name, joined);
+        }
+        ConfigOp::Subtract(name, value) => {
+            list_def(&name)?;
+            let gone: Vec<&str> = value.split(',').map(str::trim).collect();
+            let items: Vec<String> = configs
+                .get(&name)
+                .map(|v| {
+                    v.split(',')
+                        .map(|i| i.trim().to_owned())
+                        .filter(|i| !i.is_empty() && !gone.contains(&i.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if items.is_empty() {
+                configs.remove(&name);
+            } else {
+                let joined = items.join(",");
+                validate(&name, &joined)?;
+                configs.insert(name, joined);
+            }
+        }
+    }
+    Ok(())
 }

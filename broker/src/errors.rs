@@ -5,7 +5,9 @@ use protocol::record_batch::BatchError;
 use storage::producer_state::ProducerError;
 use storage::StorageError;
 
-use crate::controller::{CreatePartitionsError, CreateTopicError, DeleteTopicError};
+use crate::controller::{
+    AlterConfigsError, CreatePartitionsError, CreateTopicError, DeleteTopicError,
+};
 
 pub fn storage_error(e: &StorageError) -> ResponseError {
     match e {
@@ -40,7 +42,7 @@ pub fn create_topic_error(e: &CreateTopicError) -> ResponseError {
         CreateTopicError::InvalidReplicationFactor { .. } => {
             ResponseError::InvalidReplicationFactor
         }
-        CreateTopicError::UnknownConfig(_) => ResponseError::InvalidConfig,
+        CreateTopicError::InvalidConfig(_) => ResponseError::InvalidConfig,
         CreateTopicError::Storage(_) => ResponseError::KafkaStorageError,
     }
 }
@@ -62,5 +64,13 @@ pub fn create_partitions_error(e: &CreatePartitionsError) -> ResponseError {
         }
         CreatePartitionsError::Internal => ResponseError::InvalidRequest,
         CreatePartitionsError::Storage(_) => ResponseError::KafkaStorageError,
+    }
+}
+
+pub fn alter_configs_error(e: &AlterConfigsError) -> ResponseError {
+    match e {
+        AlterConfigsError::Unknown => ResponseError::UnknownTopicOrPartition,
+        AlterConfigsError::Invalid(_) => ResponseError::InvalidConfig,
+        AlterConfigsError::Storage(_) => ResponseError::KafkaStorageError,
     }
 }

@@ -10,6 +10,7 @@ mod metadata;
 mod runtime;
 mod server;
 mod shard;
+mod topic_config;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

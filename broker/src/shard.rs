@@ -308,12 +308,21 @@ impl Shard {
         if let Some(t) = image.topics.get(OFFSETS_TOPIC) {
             self.groups.borrow_mut().config.offsets_partitions = t.partitions.len() as i32;
         }
+        // Topic configs that changed apply to the open logs at once.
+        let old = self.metadata.borrow().clone();
+        for ((topic, _), p) in self.partitions.borrow().iter() {
+            let (Some(now), Some(before)) = (image.topics.get(topic), old.topics.get(topic)) else {
+                continue;
+            };
+            if now.configs != before.configs {
+                p.log.set_config(self.log_config(topic, &now.configs));
+            }
+        }
         for (topic, index) in to_open {
             let dir = partition_dir(&self.config.data_dir, &topic, index);
-            let config = if topic == OFFSETS_TOPIC {
-                self.offsets_log_config()
-            } else {
-                self.config.log.clone()
+            let config = match image.topics.get(&topic) {
+                Some(t) => self.log_config(&topic, &t.configs),
+                None => self.config.log.clone(),
             };
             let log = Log::open(&dir, config, self.commit.clone()).await?;
             if topic == OFFSETS_TOPIC {
@@ -334,14 +343,47 @@ impl Shard {
         Ok(())
     }
 
-    /// `__consumer_offsets` holds small records: smaller segments, buffers and preallocation
-    /// than data topics, so its 50 partitions cost little.
-    fn offsets_log_config(&self) -> storage::LogConfig {
-        let mut c = self.config.log.clone();
-        c.segment_bytes = self.config.offsets_topic_segment_bytes;
-        c.preallocate_bytes = c.preallocate_bytes.min(1 << 20);
-        c.write_buffer_bytes = c.write_buffer_bytes.min(64 << 10);
+    /// The settings a topic's logs run with: broker defaults and the topic's configs.
+    /// `__consumer_offsets` holds small records, so it gets smaller segments, buffers and
+    /// preallocation, and it is compacted (never trimmed by time or size).
+    fn log_config(
+        &self,
+        topic: &str,
+        configs: &std::collections::BTreeMap<String, String>,
+    ) -> storage::LogConfig {
+        let mut c = crate::topic_config::log_config(&self.config, configs);
+        c.log_append_time = crate::topic_config::log_append_time(configs);
+        if topic == OFFSETS_TOPIC {
+            c.segment_bytes = self.config.offsets_topic_segment_bytes;
+            c.preallocate_bytes = c.preallocate_bytes.min(1 << 20);
+            c.write_buffer_bytes = c.write_buffer_bytes.min(64 << 10);
+            c.retention_ms = -1;
+            c.retention_bytes = -1;
+        }
         c
+    }
+
+    /// Every `log.retention.check.interval.ms`, deletes the segments each log's retention no
+    /// longer keeps. Runs until the shard stops.
+    pub async fn retention_loop(self: Rc<Self>) {
+        let interval =
+            std::time::Duration::from_millis(self.config.log_retention_check_interval_ms);
+        while !self.is_stopping() {
+            glommio::timer::sleep(interval).await;
+            let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+            let now = crate::handlers::now_ms();
+            for p in parts {
+                match p.log.enforce_retention(now).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(topic = %p.topic, partition = p.index, segments = n, start = %p.log.log_start_offset(), "retention applied")
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
+                    }
+                }
+            }
+        }
     }
 
     pub fn begin_request(&self) -> InflightGuard {

@@ -102,3 +102,173 @@ fn create_partitions_adds_partitions_that_work_and_stay() {
         assert_eq!(recs[0].value.as_deref(), Some(format!("p{p}").as_bytes()));
     }
 }
+
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+const MESSAGE_TOO_LARGE: i16 = 10;
+const INVALID_CONFIG: i16 = 40;
+
+/// DescribeConfigs of a topic: name -> (value, source).
+fn describe_configs(
+    c: &mut Client,
+    topic: &str,
+) -> std::collections::BTreeMap<String, (String, i8)> {
+    let mut r = describe_configs_request::DescribeConfigsResource::default();
+    r.resource_type = 2;
+    r.resource_name = s(topic);
+    r.configuration_keys = None;
+    let mut req = DescribeConfigsRequest::default();
+    req.resources = vec![r];
+    let resp = c.send(&req, 4);
+    assert_eq!(resp.results[0].error_code, 0);
+    resp.results[0]
+        .configs
+        .iter()
+        .map(|e| {
+            (
+                e.name.to_string(),
+                (e.value.as_ref().unwrap().to_string(), e.config_source),
+            )
+        })
+        .collect()
+}
+
+/// IncrementalAlterConfigs of one topic: `(name, op, value)`; the resource's error code.
+fn alter(c: &mut Client, topic: &str, ops: &[(&str, i8, &str)]) -> i16 {
+    let mut r = incremental_alter_configs_request::AlterConfigsResource::default();
+    r.resource_type = 2;
+    r.resource_name = s(topic);
+    r.configs = ops
+        .iter()
+        .map(|(n, op, v)| {
+            let mut x = incremental_alter_configs_request::AlterableConfig::default();
+            x.name = s(n);
+            x.config_operation = *op;
+            x.value = Some(s(v));
+            x
+        })
+        .collect();
+    let mut req = IncrementalAlterConfigsRequest::default();
+    req.resources = vec![r];
+    c.send(&req, 1).responses[0].error_code
+}
+
+fn delete_records(c: &mut Client, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+    let mut p = delete_records_request::DeleteRecordsPartition::default();
+    p.partition_index = partition;
+    p.offset = offset;
+    let mut t = delete_records_request::DeleteRecordsTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = vec![p];
+    let mut req = DeleteRecordsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 10_000;
+    let r = c.send(&req, 2);
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.low_watermark)
+}
+
+fn earliest(c: &mut Client, topic: &str, partition: i32) -> i64 {
+    let mut p = list_offsets_request::ListOffsetsPartition::default();
+    p.partition_index = partition;
+    p.timestamp = -2;
+    let mut t = list_offsets_request::ListOffsetsTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = vec![p];
+    let mut req = ListOffsetsRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.topics = vec![t];
+    c.send(&req, 6).topics[0].partitions[0].offset
+}
+
+#[test]
+fn topic_configs_take_effect_and_retention_trims_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start(&data, 2, &["log.retention.check.interval.ms=200"]);
+    let mut c = broker.client();
+    assert_eq!(c.create_topic("cfg", 1), 0);
+
+    // Defaults, then overrides with their source; bad values are refused whole.
+    let d = describe_configs(&mut c, "cfg");
+    assert_eq!(d["retention.ms"], ("604800000".to_owned(), 5));
+    assert_eq!(d["cleanup.policy"], ("delete".to_owned(), 5));
+    assert_eq!(
+        alter(
+            &mut c,
+            "cfg",
+            &[("segment.bytes", 0, "20000"), ("retention.ms", 0, "soon")]
+        ),
+        INVALID_CONFIG
+    );
+    assert_eq!(alter(&mut c, "cfg", &[("no.such", 0, "1")]), INVALID_CONFIG);
+    assert_eq!(
+        alter(&mut c, "cfg", &[("retention.ms", 2, "1")]),
+        INVALID_CONFIG
+    );
+    assert_eq!(
+        describe_configs(&mut c, "cfg")["segment.bytes"].1,
+        5,
+        "nothing applied"
+    );
+    assert_eq!(
+        alter(
+            &mut c,
+            "cfg",
+            &[
+                ("segment.bytes", 0, "20000"),
+                ("retention.bytes", 0, "60000"),
+                ("max.message.bytes", 0, "4000"),
+            ]
+        ),
+        0
+    );
+    let d = describe_configs(&mut c, "cfg");
+    assert_eq!(d["segment.bytes"], ("20000".to_owned(), 1));
+    assert_eq!(d["retention.bytes"], ("60000".to_owned(), 1));
+
+    // max.message.bytes is the topic's now.
+    let big = common::batch(&[vec![7u8; 6000]], 1, Compression::None);
+    assert_eq!(c.produce("cfg", &[(0, big)], -1)[0].1, MESSAGE_TOO_LARGE);
+
+    // ~300 KB in ~3 KB batches over 20 KB segments; retention keeps about 60 KB (the
+    // timestamps are current: retention.ms, 7 days by default, must not be what trims).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for i in 0..100 {
+        let b = common::batch(&[vec![i as u8; 3000]], now + i, Compression::None);
+        assert_eq!(c.produce("cfg", &[(0, b)], -1)[0].1, 0);
+    }
+    // The retention check runs every 200 ms: wait for one after the last append.
+    let segments = || {
+        std::fs::read_dir(data.join("cfg-0"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while segments() > 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(segments() <= 5, "{} segments left", segments());
+    let start = earliest(&mut c, "cfg", 0);
+    assert!((50..=85).contains(&start), "log start moved to {start}");
+    assert_eq!(c.fetch("cfg", 0, 0, 0).0, OFFSET_OUT_OF_RANGE);
+    let rest = c.fetch_all_from("cfg", 0, start);
+    assert_eq!(rest.len() as i64, 100 - start);
+    assert_eq!(rest.last().unwrap().offset, 99);
+
+    // DeleteRecords moves the start further, durably.
+    assert_eq!(delete_records(&mut c, "cfg", 0, 95), (0, 95));
+    assert_eq!(delete_records(&mut c, "cfg", 0, 101).0, OFFSET_OUT_OF_RANGE);
+    broker.kill9();
+    broker.restart();
+    let mut c = broker.client();
+    assert_eq!(earliest(&mut c, "cfg", 0), 95);
+    assert_eq!(c.fetch_all_from("cfg", 0, 95).len(), 5);
+    assert_eq!(
+        describe_configs(&mut c, "cfg")["retention.bytes"].0,
+        "60000"
+    );
+}

@@ -278,7 +278,7 @@ fn groups_over_the_wire_with_bad_input_and_kill9() {
     broker.kill9();
     broker.restart();
     let mut c = broker.client();
-    assert_eq!(fetch_offsets(&mut c, &all), before);
+    assert_eq!(fetch_offsets(&mut c, &all), before, "{}", broker.log());
     assert_eq!(
         describe(&mut c, "live"),
         ("Stable".to_owned(), 1),

@@ -283,6 +283,66 @@ fn every_advertised_version_answers() {
                     c.try_send(&req, v)
                         .is_some_and(|r| r.results[0].error_code == 0)
                 }
+                ApiKey::DescribeConfigs => {
+                    let mut r = describe_configs_request::DescribeConfigsResource::default();
+                    r.resource_type = 2;
+                    r.resource_name = StrBytes::from_static_str("v");
+                    r.configuration_keys = None;
+                    let mut req = DescribeConfigsRequest::default();
+                    req.resources = vec![r];
+                    c.try_send(&req, v).is_some_and(|r| {
+                        r.results[0].error_code == 0
+                            && r.results[0]
+                                .configs
+                                .iter()
+                                .any(|e| e.name.as_str() == "retention.ms")
+                    })
+                }
+                ApiKey::AlterConfigs => {
+                    let mut cfg = alter_configs_request::AlterableConfig::default();
+                    cfg.name = StrBytes::from_static_str("retention.ms");
+                    cfg.value = Some(StrBytes::from_string(format!("{}", 3_600_000 + v as i64)));
+                    let mut r = alter_configs_request::AlterConfigsResource::default();
+                    r.resource_type = 2;
+                    r.resource_name = StrBytes::from_static_str("v");
+                    r.configs = vec![cfg];
+                    let mut req = AlterConfigsRequest::default();
+                    req.resources = vec![r];
+                    c.try_send(&req, v)
+                        .is_some_and(|r| r.responses[0].error_code == 0)
+                }
+                ApiKey::IncrementalAlterConfigs => {
+                    let mut cfg = incremental_alter_configs_request::AlterableConfig::default();
+                    cfg.name = StrBytes::from_static_str("cleanup.policy");
+                    cfg.config_operation = 2;
+                    cfg.value = Some(StrBytes::from_static_str("delete"));
+                    let mut r = incremental_alter_configs_request::AlterConfigsResource::default();
+                    r.resource_type = 2;
+                    r.resource_name = StrBytes::from_static_str("v");
+                    r.configs = vec![cfg];
+                    let mut req = IncrementalAlterConfigsRequest::default();
+                    req.resources = vec![r];
+                    c.try_send(&req, v)
+                        .is_some_and(|r| r.responses[0].error_code == 0)
+                }
+                ApiKey::DeleteRecords => {
+                    let mut p = delete_records_request::DeleteRecordsPartition::default();
+                    p.partition_index = 1;
+                    p.offset = 0;
+                    let mut t = delete_records_request::DeleteRecordsTopic::default();
+                    t.name = name("v");
+                    t.partitions = vec![p];
+                    let mut req = DeleteRecordsRequest::default();
+                    req.topics = vec![t];
+                    req.timeout_ms = 10_000;
+                    c.try_send(&req, v).is_some_and(|r| {
+                        let p = &r.topics[0].partitions[0];
+                        p.error_code == 0 && p.low_watermark == 0
+                    })
+                }
+                ApiKey::DescribeCluster => c
+                    .try_send(&DescribeClusterRequest::default(), v)
+                    .is_some_and(|r| r.error_code == 0 && r.brokers.len() == 1),
                 other => panic!("advertised {other:?} without a case in this test"),
             };
             assert!(

@@ -230,6 +230,17 @@ pub fn set_partition_leader_epoch(bytes: &mut [u8], epoch: i32) {
     bytes[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Stamps the batch at `bytes` with the broker's time (`message.timestamp.type=LogAppendTime`):
+/// the timestamp-type attribute bit and the max timestamp, which every record of such a batch
+/// reports. Both are covered by the CRC, which is recomputed.
+pub fn set_log_append_time(bytes: &mut [u8], timestamp_ms: i64) {
+    let attributes = i16::from_be_bytes([bytes[21], bytes[22]]) | 0x08;
+    bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+    bytes[35..43].copy_from_slice(&timestamp_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[CRC_START..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Iterates over consecutive batches in `bytes`, stopping at the first incomplete or invalid
 /// one; [`BatchIter::consumed`] tells how many bytes were whole, valid batches.
 pub struct BatchIter<'a> {

@@ -16,6 +16,14 @@ pub struct LogConfig {
     /// `producer.id.expiration.ms`: idempotent producer state idle this long is forgotten
     /// (checked when the log rolls).
     pub producer_id_expiration_ms: u64,
+    /// `retention.ms`: whole segments whose newest record is older than this are deleted
+    /// (-1: kept forever).
+    pub retention_ms: i64,
+    /// `retention.bytes`: oldest whole segments are deleted while the log is larger than
+    /// this (-1: no limit).
+    pub retention_bytes: i64,
+    /// `message.timestamp.type=LogAppendTime`: batches are stamped with the append time.
+    pub log_append_time: bool,
 }
 
 impl Default for LogConfig {
@@ -27,6 +35,9 @@ impl Default for LogConfig {
             preallocate_bytes: 32 << 20,
             write_buffer_bytes: 1 << 20,
             producer_id_expiration_ms: 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            log_append_time: false,
         }
     }
 }

@@ -122,9 +122,12 @@ struct LogInner {
     producers: ProducerStateManager,
 }
 
+/// The log start offset DeleteRecords set (absent until it is used).
+const LOG_START_OFFSET_FILE: &str = "log-start-offset";
+
 pub struct Log {
     dir: PathBuf,
-    config: LogConfig,
+    config: RefCell<LogConfig>,
     inner: RefCell<LogInner>,
     append_lock: Semaphore,
     durable: Event,
@@ -162,9 +165,18 @@ impl Log {
             let seg = LogSegment::create(dir, Offset(0)).await?;
             segments.insert(0, seg);
         }
-        let log_start_offset = Offset(*segments.keys().next().expect("one segment"));
         let last = segments.values().next_back().expect("one segment");
         let next_offset = last.next_offset;
+        // DeleteRecords may have moved the start into the first segment.
+        let persisted_start = std::fs::read_to_string(dir.join(LOG_START_OFFSET_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        let log_start_offset = Offset(
+            (*segments.keys().next().expect("one segment"))
+                .max(persisted_start)
+                .min(next_offset.0),
+        );
         let tail_pos = align_down(last.size_bytes);
         let tail_len = (last.size_bytes - tail_pos) as usize;
         let tail = if tail_len > 0 {
@@ -182,7 +194,7 @@ impl Log {
         tracing::debug!(dir = %dir.display(), %log_start_offset, %next_offset, segments = segments.len(), producers = producers.len(), "log opened");
         Ok(Rc::new(Log {
             dir: dir.to_owned(),
-            config,
+            config: RefCell::new(config),
             inner: RefCell::new(LogInner {
                 segments,
                 log_start_offset,
@@ -279,8 +291,14 @@ impl Log {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    pub fn config(&self) -> LogConfig {
+        self.config.borrow().clone()
+    }
+
+    /// Applies changed settings (a topic config was altered): rolling, indexing and retention
+    /// follow them from the next append or retention check.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.borrow_mut() = config;
     }
 
     /// Offset after the last appended batch (log end offset).
@@ -299,7 +317,7 @@ impl Log {
 
     /// Forgets idempotent producers idle for `producer.id.expiration.ms`; returns how many.
     pub fn expire_producers(&self, now_ms: u64) -> usize {
-        let expiration_ms = self.config.producer_id_expiration_ms;
+        let expiration_ms = self.config.borrow().producer_id_expiration_ms;
         self.inner
             .borrow_mut()
             .producers
@@ -385,7 +403,13 @@ impl Log {
         }
         let base_offset = inner.next_offset;
         for view in BatchIter::new(records, false) {
-            Self::append_batch(&mut inner, &self.config, view, leader_epoch, now_ms);
+            Self::append_batch(
+                &mut inner,
+                &self.config.borrow(),
+                view,
+                leader_epoch,
+                now_ms,
+            );
         }
         let info = AppendInfo {
             base_offset,
@@ -485,6 +509,9 @@ impl Log {
         dst.copy_from_slice(view.as_bytes());
         set_base_offset(dst, base.0);
         set_partition_leader_epoch(dst, leader_epoch);
+        if config.log_append_time {
+            protocol::record_batch::set_log_append_time(dst, now_ms as i64);
+        }
         w.len += size;
         let stored = RecordBatchView::parse(dst).expect("validated batch");
         producers.record(&stored);
@@ -519,11 +546,11 @@ impl Log {
         let next_base = {
             let inner = self.inner.borrow();
             let seg = inner.segments.values().next_back().expect("active segment");
-            let limit = self.config.segment_bytes.min(SEGMENT_BYTES_MAX);
+            let limit = self.config.borrow().segment_bytes.min(SEGMENT_BYTES_MAX);
             let too_big = seg.size_bytes > 0 && seg.size_bytes + incoming_bytes > limit;
             let too_old = seg
                 .first_append_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.segment_ms);
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.borrow().segment_ms);
             if !(too_big || too_old) {
                 return Ok(());
             }
@@ -534,11 +561,11 @@ impl Log {
         let mut inner = self.inner.borrow_mut();
         inner
             .producers
-            .expire(now_ms, self.config.producer_id_expiration_ms);
+            .expire(now_ms, self.config.borrow().producer_id_expiration_ms);
         // Every batch below `next_base` has been appended. A crash that loses some of them
         // leaves the log ending below `next_base`, and recovery then skips this snapshot.
         self.write_producer_snapshot(&inner.producers, next_base);
-        let fresh = WriteBuffer::new(&segment, self.config.write_buffer_bytes, &[], 0);
+        let fresh = WriteBuffer::new(&segment, self.config.borrow().write_buffer_bytes, &[], 0);
         if let Some(old) = inner.write.replace(fresh) {
             if let Some(p) = Self::seal(old) {
                 inner.pending.push_back(p);
@@ -556,10 +583,10 @@ impl Log {
             let inner = self.inner.borrow();
             let seg = inner.segments.values().next_back().expect("active segment");
             let need = align_up(seg.size_bytes + incoming_bytes);
-            if need <= seg.preallocated_bytes || self.config.preallocate_bytes == 0 {
+            if need <= seg.preallocated_bytes || self.config.borrow().preallocate_bytes == 0 {
                 return Ok(());
             }
-            let step = self.config.preallocate_bytes;
+            let step = self.config.borrow().preallocate_bytes;
             let target = need.div_ceil(step) * step;
             (seg.file.clone(), seg.path.clone(), target)
         };
@@ -588,8 +615,12 @@ impl Log {
                         .segments
                         .get(&seg_base.0)
                         .expect("segment of write buffer");
-                    let mut fresh =
-                        WriteBuffer::new(seg, self.config.write_buffer_bytes, &tail, tail_pos);
+                    let mut fresh = WriteBuffer::new(
+                        seg,
+                        self.config.borrow().write_buffer_bytes,
+                        &tail,
+                        tail_pos,
+                    );
                     fresh.end_offset = inner.write.as_ref().expect("write").end_offset;
                     let old = inner.write.replace(fresh).expect("write");
                     if let Some(p) = Self::seal(old) {
@@ -761,8 +792,8 @@ impl Log {
                     start,
                 )
             };
-            let window =
-                max_bytes.max(READ_WINDOW_MIN_BYTES) + self.config.index_interval_bytes as usize;
+            let window = max_bytes.max(READ_WINDOW_MIN_BYTES)
+                + self.config.borrow().index_interval_bytes as usize;
             while pos < limit {
                 let len = window.min((limit - pos) as usize);
                 let data = file
@@ -884,6 +915,100 @@ impl Log {
             }
         }
         Ok(None)
+    }
+
+    /// Deletes the oldest whole segments that `retention.ms` (newest record older than that)
+    /// or `retention.bytes` (the log is larger than that without them) no longer keep. The
+    /// active segment and anything not yet durable stay. Returns the segments deleted.
+    pub async fn enforce_retention(&self, now_ms: u64) -> Result<usize> {
+        let (retention_ms, retention_bytes) = {
+            let c = self.config.borrow();
+            (c.retention_ms, c.retention_bytes)
+        };
+        if retention_ms < 0 && retention_bytes < 0 {
+            return Ok(0);
+        }
+        let _permit =
+            self.append_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed {
+                    path: self.dir.clone(),
+                })?;
+        let removed = {
+            let mut inner = self.inner.borrow_mut();
+            self.check_usable(&inner)?;
+            let mut total: u64 = inner.segments.values().map(|s| s.size_bytes).sum();
+            let mut removed = Vec::new();
+            while inner.segments.len() > 1 {
+                let (&base, seg) = inner.segments.iter().next().expect("non-empty");
+                let too_old = retention_ms >= 0
+                    && seg.max_timestamp >= 0
+                    && (now_ms as i64).saturating_sub(seg.max_timestamp) > retention_ms;
+                let too_big = retention_bytes >= 0
+                    && total.saturating_sub(seg.size_bytes) >= retention_bytes as u64;
+                if !(too_old || too_big) || seg.next_offset > inner.durable_offset {
+                    break;
+                }
+                total -= seg.size_bytes;
+                removed.push(inner.segments.remove(&base).expect("present"));
+            }
+            if let Some(&first) = inner.segments.keys().next() {
+                inner.log_start_offset = inner.log_start_offset.max(Offset(first));
+            }
+            removed
+        };
+        for seg in &removed {
+            tracing::info!(segment = %seg.path.display(), "retention: segment deleted");
+            seg.remove_files();
+        }
+        Ok(removed.len())
+    }
+
+    /// DeleteRecords: moves the log start offset up to `offset` (-1: the high watermark),
+    /// persists it, and deletes the segments wholly below it. Returns the new start.
+    pub async fn delete_records(&self, offset: i64) -> Result<Offset> {
+        let _permit =
+            self.append_lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed {
+                    path: self.dir.clone(),
+                })?;
+        let (start, removed) = {
+            let mut inner = self.inner.borrow_mut();
+            self.check_usable(&inner)?;
+            let hw = inner.durable_offset;
+            let target = if offset < 0 { hw } else { Offset(offset) };
+            if target > hw {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset: target,
+                    log_start: inner.log_start_offset,
+                    log_end: hw,
+                });
+            }
+            if target <= inner.log_start_offset {
+                return Ok(inner.log_start_offset);
+            }
+            let path = self.dir.join(LOG_START_OFFSET_FILE);
+            crate::index::write_file_atomically(&path, target.0.to_string().as_bytes())
+                .map_err(|e| StorageError::io("write log start offset", &path, e))?;
+            crate::segment::sync_dir(&self.dir)?;
+            inner.log_start_offset = target;
+            let mut removed = Vec::new();
+            while inner.segments.len() > 1 {
+                let (&base, seg) = inner.segments.iter().next().expect("non-empty");
+                if seg.next_offset > target {
+                    break;
+                }
+                removed.push(inner.segments.remove(&base).expect("present"));
+            }
+            (target, removed)
+        };
+        for seg in &removed {
+            seg.remove_files();
+        }
+        Ok(start)
     }
 
     /// Flushes what is buffered and stops accepting appends.

@@ -403,3 +403,126 @@ fn snapshot_beyond_a_lost_tail_is_not_trusted() {
         assert_eq!(read_all(&log).await.len(), 6);
     });
 }
+
+fn segment_count(path: &Path) -> usize {
+    std::fs::read_dir(path)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+        .count()
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_and_moves_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r-0");
+    run(move || async move {
+        let (log, _c, _r) = open(&path, small_config()).await;
+        // 100 batches of ~2 KiB: several 64 KiB segments. Timestamps: batch i at i seconds.
+        for i in 0..100i64 {
+            let info = log
+                .append(&batch(2, 2000, i * 1000), 0, 1 << 20, 0)
+                .await
+                .unwrap();
+            log.wait_durable(info.end_offset).await.unwrap();
+        }
+        let before = segment_count(&path);
+        assert!(before >= 3);
+        // Nothing is due: no limits set.
+        assert_eq!(log.enforce_retention(1_000_000).await.unwrap(), 0);
+
+        // By size: keep at most ~100 KiB.
+        let mut c = small_config();
+        c.retention_bytes = 100 << 10;
+        log.set_config(c.clone());
+        let deleted = log.enforce_retention(0).await.unwrap();
+        assert!(deleted > 0);
+        assert!(
+            log.size_bytes() <= (100 << 10) + (64 << 10),
+            "{}",
+            log.size_bytes()
+        );
+        assert_eq!(segment_count(&path), before - deleted);
+        let start = log.log_start_offset();
+        assert!(start > Offset(0));
+        assert!(
+            log.read(Offset(0), 1 << 20, true).await.is_err(),
+            "below the start"
+        );
+        let rest = read_all(&log).await;
+        assert_eq!(rest.first().unwrap().0, start.0);
+        assert_eq!(rest.last().unwrap().0, 198);
+
+        // By time: at 100 s with 10 s retention, the segment holding batch 92 (newest 92 s)
+        // is kept with the active one; at 200 s only the active one stays.
+        c.retention_bytes = -1;
+        c.retention_ms = 10_000;
+        log.set_config(c);
+        log.enforce_retention(100_000).await.unwrap();
+        assert_eq!(segment_count(&path), 2);
+        log.enforce_retention(200_000).await.unwrap();
+        assert_eq!(segment_count(&path), 1, "only the active segment is left");
+        log.close().await.unwrap();
+
+        // The start survives a reopen (it is the first remaining segment's base).
+        let start = {
+            let (log, _c, _r) = open(&path, small_config()).await;
+            let s = log.log_start_offset();
+            assert_eq!(read_all(&log).await.last().unwrap().0, 198);
+            log.close().await.unwrap();
+            s
+        };
+        assert!(start > Offset(100));
+    });
+}
+
+#[test]
+fn delete_records_moves_the_start_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d-0");
+    run(move || async move {
+        let (log, _c, _r) = open(&path, small_config()).await;
+        for i in 0..60i64 {
+            let info = log.append(&batch(1, 2000, i), 0, 1 << 20, 0).await.unwrap();
+            log.wait_durable(info.end_offset).await.unwrap();
+        }
+        assert!(
+            log.delete_records(61).await.is_err(),
+            "beyond the high watermark"
+        );
+        assert_eq!(log.delete_records(45).await.unwrap(), Offset(45));
+        assert_eq!(
+            log.delete_records(10).await.unwrap(),
+            Offset(45),
+            "never backwards"
+        );
+        assert_eq!(read_all(&log).await.first().unwrap().0, 45);
+        log.close().await.unwrap();
+        let (log, _c, _r) = open(&path, small_config()).await;
+        assert_eq!(log.log_start_offset(), Offset(45));
+        assert_eq!(read_all(&log).await.len(), 15);
+        assert_eq!(log.delete_records(-1).await.unwrap(), Offset(60));
+        assert!(read_all(&log).await.is_empty());
+    });
+}
+
+#[test]
+fn log_append_time_stamps_batches_with_a_valid_crc() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a-0");
+    run(move || async move {
+        let c = LogConfig {
+            log_append_time: true,
+            ..small_config()
+        };
+        let (log, _c, _r) = open(&path, c).await;
+        let info = log
+            .append(&batch(3, 100, 5), 0, 1 << 20, 1_700_000_000_123)
+            .await
+            .unwrap();
+        log.wait_durable(info.end_offset).await.unwrap();
+        let r = log.read(Offset(0), 1 << 20, true).await.unwrap();
+        let v = RecordBatchView::parse_verified(&r.records).unwrap();
+        assert!(v.is_log_append_time());
+        assert_eq!(v.max_timestamp(), 1_700_000_000_123);
+    });
+}

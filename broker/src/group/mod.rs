@@ -1476,7 +1476,20 @@ impl Coordinator {
                     }
                 }
                 (Key::Group(group), None) => {
-                    self.groups.remove(&group);
+                    // The group's metadata is gone; offsets have keys (and tombstones) of
+                    // their own, so a group that still has some stays, as an Empty one.
+                    let keep = self.groups.get_mut(&group).is_some_and(|g| {
+                        g.members.clear();
+                        g.statics.clear();
+                        g.protocol_type = None;
+                        g.protocol = None;
+                        g.leader = None;
+                        g.state = GroupState::Empty;
+                        !g.offsets.is_empty()
+                    });
+                    if !keep {
+                        self.groups.remove(&group);
+                    }
                 }
                 _ => {}
             }

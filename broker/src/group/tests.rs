@@ -402,3 +402,46 @@ fn a_stable_group_survives_a_reload_with_its_members_and_generation() {
         Err(ResponseError::UnknownMemberId)
     );
 }
+
+#[test]
+fn a_group_tombstone_after_a_commit_keeps_the_offsets_on_reload() {
+    // The retention pass can drop a just-created commit-only group (and write its group
+    // tombstone) while that group's first commit is being stored: the offset record lands
+    // before the tombstone. Reloading must keep the offset.
+    let offset = (
+        Key::Offset {
+            group: "solo".into(),
+            topic: "t".into(),
+            partition: 2,
+        },
+        Some(Value::Offset(records::OffsetValue {
+            offset: 111,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp: 5,
+        })),
+    );
+    let mut c = Coordinator::new(config(0));
+    c.load(vec![offset.clone(), (Key::Group("solo".into()), None)], 10);
+    let got = c.offsets("solo", None);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.offset, 111);
+    // A tombstone for a group without offsets removes it.
+    c.load(vec![(Key::Group("solo".into()), None)], 10);
+    assert!(c.describe("solo").is_some(), "offsets keep it");
+    c.load(
+        vec![
+            (
+                Key::Offset {
+                    group: "solo".into(),
+                    topic: "t".into(),
+                    partition: 2,
+                },
+                None,
+            ),
+            (Key::Group("solo".into()), None),
+        ],
+        10,
+    );
+    assert!(c.describe("solo").is_none());
+}

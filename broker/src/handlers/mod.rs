@@ -1,12 +1,16 @@
 //! One module per Kafka API. Each takes the decoded request and returns the response body;
 //! partition work runs on the owning shard through `Shard::invoke_on`.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod coordinator;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
 pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;

@@ -16,12 +16,15 @@ use crate::api::RequestContext;
 use crate::errors::storage_error;
 use crate::group::OFFSETS_TOPIC;
 use crate::shard::{Shard, ShardId};
+use crate::topic_config;
 
 struct Item {
     slot: (usize, usize),
     topic: String,
     partition: i32,
     records: Option<Bytes>,
+    /// The topic's `max.message.bytes`.
+    max_batch_bytes: usize,
 }
 
 struct Outcome {
@@ -74,6 +77,12 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
                     topic: name.clone(),
                     partition: part.index,
                     records: part.records,
+                    max_batch_bytes: image
+                        .topics
+                        .get(&name)
+                        .map_or(ctx.shard.config.message_max_bytes, |t| {
+                            topic_config::max_message_bytes(&ctx.shard.config, &t.configs)
+                        }),
                 }),
                 None => early.push(Outcome::error(
                     slot,
@@ -85,16 +94,13 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
         responses.push(tr);
     }
 
-    let max_batch_bytes = ctx.shard.config.message_max_bytes;
     let calls = by_shard.into_iter().map(|(shard, items)| {
         let local = ctx.shard.clone();
         async move {
             let n = items.len();
             let slots: Vec<_> = items.iter().map(|i| i.slot).collect();
             match local
-                .invoke_on(ShardId(shard), move |s| {
-                    append_on_shard(s, items, max_batch_bytes)
-                })
+                .invoke_on(ShardId(shard), move |s| append_on_shard(s, items))
                 .await
             {
                 Ok(v) => v,
@@ -137,11 +143,7 @@ impl Outcome {
 }
 
 /// Runs on the owning shard: appends every item, then waits until each is durable.
-async fn append_on_shard(
-    shard: Rc<Shard>,
-    items: Vec<Item>,
-    max_batch_bytes: usize,
-) -> Vec<Outcome> {
+async fn append_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
     let now = now_ms();
     let appends = items.into_iter().map(|item| {
         let shard = shard.clone();
@@ -156,7 +158,7 @@ async fn append_on_shard(
             let records = item.records.unwrap_or_default();
             let appended = partition
                 .log
-                .append(&records, partition.leader_epoch.0, max_batch_bytes, now)
+                .append(&records, partition.leader_epoch.0, item.max_batch_bytes, now)
                 .await;
             let result = match appended {
                 Ok(info) => partition.log.wait_durable(info.end_offset).await.map(|_| info),

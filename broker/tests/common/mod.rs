@@ -312,10 +312,15 @@ impl Client {
         (p.error_code, p.high_watermark, records)
     }
 
-    /// Every record of a partition from `from` up to its high watermark.
+    /// Every record of a partition from offset 0 up to its high watermark.
     pub fn fetch_all(&mut self, topic: &str, partition: i32) -> Vec<Record> {
+        self.fetch_all_from(topic, partition, 0)
+    }
+
+    /// Every record of a partition from `from` up to its high watermark.
+    pub fn fetch_all_from(&mut self, topic: &str, partition: i32, from: i64) -> Vec<Record> {
         let mut out = Vec::new();
-        let mut next = 0;
+        let mut next = from;
         loop {
             let (err, hw, recs) = self.fetch(topic, partition, next, 0);
             assert_eq!(err, 0, "fetch error");
