@@ -29,6 +29,8 @@ python3 "$here/check.py" --broker "$root/target/release/sluice" \
   --records "${SLUICE_CHECK_RECORDS:-100000}" "$@"
 echo "== consumer groups: rebalances, session timeouts, static members, admin clients"
 python3 "$here/groups.py" --broker "$root/target/release/sluice"
+echo "== topic administration: configs, partitions, delete records, retention"
+python3 "$here/admin.py" --broker "$root/target/release/sluice"
 echo "== idempotent producers through kill -9 and lost responses"
 python3 "$here/idempotence.py" --broker "$root/target/release/sluice" \
   --records "${SLUICE_IDEMPOTENCE_RECORDS:-1000000}"
