@@ -35,7 +35,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     ApiRange {
         key: ApiKey::ListOffsets,
         min: 1,
-        max: 6,
+        max: 7,
     },
     ApiRange {
         key: ApiKey::Metadata,

@@ -272,3 +272,32 @@ fn topic_configs_take_effect_and_retention_trims_the_log() {
         "60000"
     );
 }
+
+#[test]
+fn list_offsets_max_timestamp_finds_the_newest_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), 1, &[]);
+    let mut c = broker.client();
+    assert_eq!(c.create_topic("ts", 1), 0);
+    let query = |c: &mut Client| {
+        let mut p = list_offsets_request::ListOffsetsPartition::default();
+        p.partition_index = 0;
+        p.timestamp = -3;
+        let mut t = list_offsets_request::ListOffsetsTopic::default();
+        t.name = TopicName(s("ts"));
+        t.partitions = vec![p];
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        let r = c.send(&req, 7);
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.offset, p.timestamp)
+    };
+    assert_eq!(query(&mut c), (0, -1, -1), "empty log");
+    // Batches (one record each) at 5_000, 9_000, 7_000: the newest is offset 1.
+    for ts in [5_000, 9_000, 7_000] {
+        let b = common::batch(&[b"r".to_vec()], ts, Compression::Lz4);
+        assert_eq!(c.produce("ts", &[(0, b)], -1)[0].1, 0);
+    }
+    assert_eq!(query(&mut c), (0, 1, 9_000));
+}

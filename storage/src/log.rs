@@ -324,6 +324,17 @@ impl Log {
             .expire(now_ms, expiration_ms)
     }
 
+    /// The largest record timestamp in the log (-1 when it has none).
+    pub fn max_timestamp(&self) -> i64 {
+        self.inner
+            .borrow()
+            .segments
+            .values()
+            .map(|s| s.max_timestamp)
+            .max()
+            .unwrap_or(-1)
+    }
+
     /// Bytes of all segments.
     pub fn size_bytes(&self) -> u64 {
         self.inner

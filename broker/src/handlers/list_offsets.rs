@@ -1,4 +1,5 @@
-//! ListOffsets (key 2): earliest (-2), latest (-1) and first offset at or after a timestamp.
+//! ListOffsets (key 2): earliest (-2), latest (-1), the record with the largest timestamp
+//! (-3, v7+) and first offset at or after a timestamp.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -16,6 +17,7 @@ use replication::Partition;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
 
 struct Query {
     slot: (usize, usize),
@@ -128,6 +130,34 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
                 timestamp: -1,
                 offset: p.log.log_start_offset().0,
             },
+            MAX_TIMESTAMP => {
+                let max = p.log.max_timestamp();
+                let found = if max < 0 {
+                    Ok(None)
+                } else {
+                    offset_for_timestamp(&p, max).await
+                };
+                match found {
+                    Ok(Some((offset, ts))) => Answer {
+                        slot: q.slot,
+                        error: None,
+                        timestamp: ts,
+                        offset,
+                    },
+                    Ok(None) => Answer {
+                        slot: q.slot,
+                        error: None,
+                        timestamp: -1,
+                        offset: -1,
+                    },
+                    Err(code) => Answer {
+                        slot: q.slot,
+                        error: Some(code),
+                        timestamp: -1,
+                        offset: -1,
+                    },
+                }
+            }
             ts if ts < 0 => Answer {
                 slot: q.slot,
                 error: Some(ResponseError::UnsupportedVersion),
