@@ -4,7 +4,6 @@
 //! (MB/s) with fixed-size records. Open-loop rate control, latency histograms, workloads and
 //! charts are the benchmark issue's work.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use clap::{Parser, Subcommand};
 use protocol::kafka_protocol::messages::*;
-use protocol::kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use protocol::kafka_protocol::protocol::{Request, StrBytes};
 use protocol::kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -77,45 +76,21 @@ struct Args {
     idempotent: bool,
 }
 
-struct Conn {
-    stream: TcpStream,
-    correlation: i32,
-}
+/// A blocking connection to one broker.
+struct Conn(protocol::client::Connection<TcpStream>);
 
 impl Conn {
     fn connect(addr: &str) -> Result<Conn> {
         let stream = TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
         stream.set_nodelay(true)?;
-        Ok(Conn {
+        Ok(Conn(protocol::client::Connection::new(
             stream,
-            correlation: 0,
-        })
+            "sluice-bench",
+        )))
     }
 
     fn send<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response> {
-        self.correlation += 1;
-        let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation;
-        header.client_id = Some(StrBytes::from_static_str("sluice-bench"));
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0; 4]);
-        header.encode(&mut buf, R::header_version(version))?;
-        req.encode(&mut buf, version)?;
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&buf)?;
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len)?;
-        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut body)?;
-        let mut body = Bytes::from(body);
-        ResponseHeader::decode(
-            &mut body,
-            <R::Response as HeaderVersion>::header_version(version),
-        )?;
-        R::Response::decode(&mut body, version)
+        self.0.send(req, version)
     }
 }
 

@@ -1,6 +1,7 @@
 //! `sluice`: a Kafka-wire-compatible, thread-per-core message broker.
 
 mod api;
+mod cli;
 mod config;
 mod controller;
 mod errors;
@@ -30,12 +31,27 @@ static ALLOCATOR: protocol::alloc::GuardedAlloc = protocol::alloc::GuardedAlloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    global: cli::Global,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker (single node by default on 127.0.0.1:9092, data in ./sluice-data).
     Start(StartArgs),
+    /// Create, list, describe, delete topics and alter their configs.
+    #[command(subcommand)]
+    Topic(cli::TopicCmd),
+    /// Write stdin lines to a topic, one record per line.
+    Produce(cli::ProduceArgs),
+    /// Print a topic's records.
+    Consume(cli::ConsumeArgs),
+    /// List, describe and delete consumer groups; reset their offsets.
+    #[command(subcommand)]
+    Group(cli::GroupCmd),
+    /// The cluster's id, controller and brokers.
+    #[command(subcommand)]
+    Cluster(cli::ClusterCmd),
 }
 
 #[derive(Parser)]
@@ -72,7 +88,13 @@ fn init_tracing() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    let g = &cli.global;
     match cli.command {
+        Command::Topic(cmd) => cli::topic(g, cmd),
+        Command::Produce(a) => cli::produce(g, a),
+        Command::Consume(a) => cli::consume(g, a),
+        Command::Group(cmd) => cli::group(g, cmd),
+        Command::Cluster(cmd) => cli::cluster(g, cmd),
         Command::Start(args) => {
             let mut props = BTreeMap::new();
             if let Some(path) = &args.config {

@@ -5,11 +5,14 @@
 //! - [`record_batch`]: a zero-copy view of a RecordBatch v2 header (validation, CRC32C,
 //!   base-offset rewrite) that never decodes individual records.
 //! - [`records`]: record-level reads of one batch (decompressing), for ListOffsets by time.
+//! - [`client`]: a blocking request/response connection over any `Read + Write` stream, for
+//!   the tools (CLI, bench).
 //!
 //! Architecture invariant: this crate knows nothing of executors, sockets or files; it maps
-//! bytes to values and back. Kafka error codes are chosen by `broker/`, not here.
+//! bytes to values and back (the client works on a stream its caller opened). Kafka error codes are chosen by `broker/`, not here.
 
 pub mod alloc;
+pub mod client;
 pub mod frame;
 pub mod record_batch;
 pub mod records;

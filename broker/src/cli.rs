@@ -1,0 +1,1042 @@
+//! The operator's subcommands of `sluice` (in the spirit of kafka-topics.sh and rpk): they
+//! speak the Kafka protocol to any broker (`--bootstrap`), following Metadata to partition
+//! leaders and FindCoordinator to group coordinators. Human tables by default,
+//! `--format json` (one JSON document, or one per record for `consume`) for scripts.
+//!
+//! `consume --group` reads from and commits to the group's offsets without joining it
+//! (a standalone consumer with group offsets, as `kcat -G` is not); `group reset-offsets`
+//! needs the group to be empty, as in Kafka.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use clap::{Args, Subcommand, ValueEnum};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use kafka_protocol::ResponseError;
+use protocol::client::Connection;
+use serde_json::json;
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// A broker to start from (host:port).
+    #[arg(
+        long,
+        env = "SLUICE_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub bootstrap: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum TopicCmd {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Partitions (-1: the broker's num.partitions).
+        #[arg(long, default_value_t = -1)]
+        partitions: i32,
+        /// Replication factor (-1: the broker default).
+        #[arg(long, default_value_t = -1)]
+        replication_factor: i16,
+        /// A topic config as key=value (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topics.
+    List,
+    /// Partitions, leaders and the configs set on a topic.
+    Describe { name: String },
+    /// Delete a topic.
+    Delete { name: String },
+    /// Set or delete topic configs.
+    AlterConfig {
+        name: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    /// List consumer groups.
+    List,
+    /// A group's state, members, committed offsets and lag.
+    Describe { group: String },
+    /// Delete an empty group and its offsets.
+    Delete { group: String },
+    /// Move an empty group's committed offsets of a topic.
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, conflicts_with_all = ["to_latest", "to_offset"])]
+        to_earliest: bool,
+        #[arg(long, conflicts_with = "to_offset")]
+        to_latest: bool,
+        #[arg(long)]
+        to_offset: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Cluster id, controller and brokers.
+    Info,
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Split each stdin line at the first SEP into key and value.
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// A header added to every record, key=value (repeatable).
+    #[arg(long = "header", value_name = "KEY=VALUE")]
+    pub headers: Vec<String>,
+    /// Write every record to this partition (default: by key hash, as Kafka's default
+    /// partitioner; round-robin without a key).
+    #[arg(long)]
+    pub partition: Option<i32>,
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    /// Start at the earliest offset.
+    #[arg(long, conflicts_with_all = ["offset", "timestamp"])]
+    pub from_beginning: bool,
+    /// Start at this offset (in every partition read).
+    #[arg(long, conflicts_with = "timestamp")]
+    pub offset: Option<i64>,
+    /// Start at the first record at or after this time (ms since the epoch).
+    #[arg(long)]
+    pub timestamp: Option<i64>,
+    /// Read from this partition only.
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// Start at the group's committed offsets (when no other start is given) and commit
+    /// what was printed.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub max_messages: Option<usize>,
+    /// Stop when nothing arrived for this long.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+}
+
+type Conn = Connection<TcpStream>;
+
+/// Connections to a cluster: the bootstrap broker, then whichever brokers Metadata names.
+struct Cluster {
+    bootstrap: Conn,
+    brokers: HashMap<i32, String>,
+    conns: HashMap<String, Conn>,
+}
+
+fn connect(addr: &str) -> Result<Conn> {
+    let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    Ok(Connection::new(stream, "sluice-cli"))
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_owned())
+}
+
+fn error_name(code: i16) -> String {
+    match ResponseError::try_from_code(code) {
+        Some(e) => format!("{e:?}"),
+        None => format!("error {code}"),
+    }
+}
+
+fn check(code: i16, what: &str) -> Result<()> {
+    if code != 0 {
+        bail!("{what}: {}", error_name(code));
+    }
+    Ok(())
+}
+
+fn key_value(kv: &str) -> Result<(String, String)> {
+    kv.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .ok_or_else(|| anyhow!("{kv}: expected KEY=VALUE"))
+}
+
+impl Cluster {
+    fn connect(bootstrap: &str) -> Result<Cluster> {
+        Ok(Cluster {
+            bootstrap: connect(bootstrap)?,
+            brokers: HashMap::new(),
+            conns: HashMap::new(),
+        })
+    }
+
+    fn send<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response> {
+        self.bootstrap.send(req, version)
+    }
+
+    fn metadata(&mut self, topics: Option<&[String]>) -> Result<MetadataResponse> {
+        let mut req = MetadataRequest::default();
+        req.topics = topics.map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    let mut m = metadata_request::MetadataRequestTopic::default();
+                    m.name = Some(TopicName(s(t)));
+                    m
+                })
+                .collect()
+        });
+        req.allow_auto_topic_creation = false;
+        let resp = self.send(&req, 12)?;
+        for b in &resp.brokers {
+            self.brokers
+                .insert(b.node_id.0, format!("{}:{}", b.host.as_str(), b.port));
+        }
+        Ok(resp)
+    }
+
+    fn node(&mut self, node: i32) -> Result<&mut Conn> {
+        let addr = self
+            .brokers
+            .get(&node)
+            .cloned()
+            .ok_or_else(|| anyhow!("broker {node} is not in the metadata"))?;
+        if !self.conns.contains_key(&addr) {
+            let c = connect(&addr)?;
+            self.conns.insert(addr.clone(), c);
+        }
+        Ok(self.conns.get_mut(&addr).expect("inserted"))
+    }
+
+    /// Partition -> leader of `topic`.
+    fn leaders(&mut self, topic: &str) -> Result<BTreeMap<i32, i32>> {
+        let md = self.metadata(Some(&[topic.to_owned()]))?;
+        let t = md.topics.first().ok_or_else(|| anyhow!("no metadata"))?;
+        check(t.error_code, &format!("topic {topic}"))?;
+        Ok(t.partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0))
+            .collect())
+    }
+
+    fn coordinator(&mut self, group: &str) -> Result<&mut Conn> {
+        let mut req = FindCoordinatorRequest::default();
+        req.key = s(group);
+        let mut last = 0;
+        for _ in 0..20 {
+            let r = self.send(&req, 3)?;
+            if r.error_code == 0 {
+                let addr = format!("{}:{}", r.host.as_str(), r.port);
+                if !self.conns.contains_key(&addr) {
+                    let c = connect(&addr)?;
+                    self.conns.insert(addr.clone(), c);
+                }
+                return Ok(self.conns.get_mut(&addr).expect("inserted"));
+            }
+            last = r.error_code;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("no coordinator for group {group}: {}", error_name(last))
+    }
+
+    /// One ListOffsets query (`-1` latest, `-2` earliest, or a timestamp) per partition.
+    fn list_offsets(
+        &mut self,
+        topic: &str,
+        query: &BTreeMap<i32, i64>,
+    ) -> Result<BTreeMap<i32, i64>> {
+        let leaders = self.leaders(topic)?;
+        let mut by_leader: BTreeMap<i32, Vec<(i32, i64)>> = BTreeMap::new();
+        for (p, ts) in query {
+            let leader = *leaders
+                .get(p)
+                .ok_or_else(|| anyhow!("{topic} has no partition {p}"))?;
+            by_leader.entry(leader).or_default().push((*p, *ts));
+        }
+        let mut out = BTreeMap::new();
+        for (leader, parts) in by_leader {
+            let mut t = list_offsets_request::ListOffsetsTopic::default();
+            t.name = TopicName(s(topic));
+            t.partitions = parts
+                .iter()
+                .map(|(p, ts)| {
+                    let mut x = list_offsets_request::ListOffsetsPartition::default();
+                    x.partition_index = *p;
+                    x.timestamp = *ts;
+                    x
+                })
+                .collect();
+            let mut req = ListOffsetsRequest::default();
+            req.replica_id = BrokerId(-1);
+            req.topics = vec![t];
+            let r = self.node(leader)?.send(&req, 6)?;
+            for p in r.topics.iter().flat_map(|t| t.partitions.iter()) {
+                check(p.error_code, &format!("{topic}-{}", p.partition_index))?;
+                out.insert(p.partition_index, p.offset);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn topic(g: &Global, cmd: TopicCmd) -> Result<()> {
+    let mut c = Cluster::connect(&g.bootstrap)?;
+    match cmd {
+        TopicCmd::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            let mut t = create_topics_request::CreatableTopic::default();
+            t.name = TopicName(s(&name));
+            t.num_partitions = partitions;
+            t.replication_factor = replication_factor;
+            for kv in &configs {
+                let (k, v) = key_value(kv)?;
+                let mut cfg = create_topics_request::CreatableTopicConfig::default();
+                cfg.name = s(&k);
+                cfg.value = Some(s(&v));
+                t.configs.push(cfg);
+            }
+            let mut req = CreateTopicsRequest::default();
+            req.topics = vec![t];
+            req.timeout_ms = 30_000;
+            let r = c.send(&req, 5)?;
+            let t = &r.topics[0];
+            check(t.error_code, &format!("creating {name}"))?;
+            match g.format {
+                Format::Json => println!(
+                    "{}",
+                    json!({"topic": name, "partitions": t.num_partitions, "topic_id": t.topic_id.to_string()})
+                ),
+                Format::Table => println!("created {name} with {} partitions", t.num_partitions),
+            }
+        }
+        TopicCmd::List => {
+            let md = c.metadata(None)?;
+            let mut rows: Vec<(String, usize, bool)> = md
+                .topics
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
+                        t.partitions.len(),
+                        t.is_internal,
+                    )
+                })
+                .collect();
+            rows.sort();
+            match g.format {
+                Format::Json => println!(
+                    "{}",
+                    json!(rows
+                        .iter()
+                        .map(|(n, p, i)| json!({"topic": n, "partitions": p, "internal": i}))
+                        .collect::<Vec<_>>())
+                ),
+                Format::Table => print_table(
+                    &["TOPIC", "PARTITIONS", "INTERNAL"],
+                    &rows
+                        .iter()
+                        .map(|(n, p, i)| vec![n.clone(), p.to_string(), i.to_string()])
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        TopicCmd::Describe { name } => {
+            let md = c.metadata(Some(std::slice::from_ref(&name)))?;
+            let t = &md.topics[0];
+            check(t.error_code, &format!("topic {name}"))?;
+            let mut r = describe_configs_request::DescribeConfigsResource::default();
+            r.resource_type = 2;
+            r.resource_name = s(&name);
+            r.configuration_keys = None;
+            let mut req = DescribeConfigsRequest::default();
+            req.resources = vec![r];
+            let cfg = c.send(&req, 4)?;
+            let res = &cfg.results[0];
+            check(res.error_code, &format!("configs of {name}"))?;
+            let set: Vec<(String, String)> = res
+                .configs
+                .iter()
+                .filter(|e| e.config_source == 1)
+                .map(|e| {
+                    (
+                        e.name.to_string(),
+                        e.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let parts: Vec<(i32, i32, Vec<i32>, Vec<i32>)> = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    (
+                        p.partition_index,
+                        p.leader_id.0,
+                        p.replica_nodes.iter().map(|b| b.0).collect(),
+                        p.isr_nodes.iter().map(|b| b.0).collect(),
+                    )
+                })
+                .collect();
+            match g.format {
+                Format::Json => println!(
+                    "{}",
+                    json!({
+                        "topic": name,
+                        "topic_id": t.topic_id.to_string(),
+                        "partitions": parts.iter().map(|(p, l, r, i)| json!({"partition": p, "leader": l, "replicas": r, "isr": i})).collect::<Vec<_>>(),
+                        "configs": set.iter().cloned().collect::<BTreeMap<_, _>>(),
+                    })
+                ),
+                Format::Table => {
+                    println!("topic {name} ({} partitions)", parts.len());
+                    print_table(
+                        &["PARTITION", "LEADER", "REPLICAS", "ISR"],
+                        &parts
+                            .iter()
+                            .map(|(p, l, r, i)| {
+                                vec![
+                                    p.to_string(),
+                                    l.to_string(),
+                                    format!("{r:?}"),
+                                    format!("{i:?}"),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    for (k, v) in &set {
+                        println!("config {k}={v}");
+                    }
+                }
+            }
+        }
+        TopicCmd::Delete { name } => {
+            let mut req = DeleteTopicsRequest::default();
+            req.topic_names = vec![TopicName(s(&name))];
+            req.timeout_ms = 30_000;
+            let r = c.send(&req, 4)?;
+            check(r.responses[0].error_code, &format!("deleting {name}"))?;
+            println!("deleted {name}");
+        }
+        TopicCmd::AlterConfig { name, set, delete } => {
+            let mut r = incremental_alter_configs_request::AlterConfigsResource::default();
+            r.resource_type = 2;
+            r.resource_name = s(&name);
+            for kv in &set {
+                let (k, v) = key_value(kv)?;
+                let mut x = incremental_alter_configs_request::AlterableConfig::default();
+                x.name = s(&k);
+                x.config_operation = 0;
+                x.value = Some(s(&v));
+                r.configs.push(x);
+            }
+            for k in &delete {
+                let mut x = incremental_alter_configs_request::AlterableConfig::default();
+                x.name = s(k);
+                x.config_operation = 1;
+                x.value = None;
+                r.configs.push(x);
+            }
+            let mut req = IncrementalAlterConfigsRequest::default();
+            req.resources = vec![r];
+            let resp = c.send(&req, 1)?;
+            let out = &resp.responses[0];
+            if out.error_code != 0 {
+                bail!(
+                    "altering {name}: {} {}",
+                    error_name(out.error_code),
+                    out.error_message.as_deref().unwrap_or("")
+                );
+            }
+            println!("altered {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's murmur2 (the Java client's default partitioner for keyed records).
+fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= rest[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+fn key_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+/// Lines of stdin written as records, batched per partition (up to this many per request).
+const PRODUCE_BATCH_RECORDS: usize = 500;
+
+pub fn produce(g: &Global, a: ProduceArgs) -> Result<()> {
+    let mut c = Cluster::connect(&g.bootstrap)?;
+    let leaders = c.leaders(&a.topic)?;
+    let partitions = leaders.len() as i32;
+    let headers: Vec<(String, String)> = a
+        .headers
+        .iter()
+        .map(|h| key_value(h))
+        .collect::<Result<_>>()?;
+    let mut pending: BTreeMap<i32, Vec<(Option<Bytes>, Bytes)>> = BTreeMap::new();
+    let mut count = 0usize;
+    let mut rr = 0i32;
+    let mut total = 0usize;
+    let stdin = std::io::stdin();
+    let flush =
+        |c: &mut Cluster, pending: &mut BTreeMap<i32, Vec<(Option<Bytes>, Bytes)>>| -> Result<()> {
+            for (p, recs) in std::mem::take(pending) {
+                let leader = *leaders.get(&p).ok_or_else(|| anyhow!("no partition {p}"))?;
+                let now = crate::handlers::now_ms() as i64;
+                let records: Vec<Record> = recs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (key, value))| Record {
+                        transactional: false,
+                        control: false,
+                        delete_horizon: false,
+                        partition_leader_epoch: -1,
+                        producer_id: -1,
+                        producer_epoch: -1,
+                        timestamp_type: TimestampType::Creation,
+                        offset: i as i64,
+                        sequence: i as i32,
+                        timestamp: now,
+                        key,
+                        value: Some(value),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (s(k), Some(Bytes::from(v.clone()))))
+                            .collect(),
+                    })
+                    .collect();
+                let mut buf = BytesMut::new();
+                RecordBatchEncoder::encode(
+                    &mut buf,
+                    &records,
+                    &RecordEncodeOptions {
+                        version: 2,
+                        compression: Compression::None,
+                    },
+                )?;
+                let mut pd = produce_request::PartitionProduceData::default();
+                pd.index = p;
+                pd.records = Some(buf.freeze());
+                let mut td = produce_request::TopicProduceData::default();
+                td.name = TopicName(s(&a.topic));
+                td.partition_data = vec![pd];
+                let mut req = ProduceRequest::default();
+                req.acks = -1;
+                req.timeout_ms = 30_000;
+                req.topic_data = vec![td];
+                let r = c.node(leader)?.send(&req, 9)?;
+                for pr in r
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partition_responses.iter())
+                {
+                    check(
+                        pr.error_code,
+                        &format!("producing to {}-{}", a.topic, pr.index),
+                    )?;
+                }
+            }
+            Ok(())
+        };
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let (key, value) = match &a.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(Bytes::from(k.to_owned())), Bytes::from(v.to_owned())),
+                None => (None, Bytes::from(line)),
+            },
+            None => (None, Bytes::from(line)),
+        };
+        let p = match (a.partition, &key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => key_partition(k, partitions),
+            (None, None) => {
+                rr = (rr + 1) % partitions;
+                rr
+            }
+        };
+        pending.entry(p).or_default().push((key, value));
+        count += 1;
+        total += 1;
+        if count >= PRODUCE_BATCH_RECORDS {
+            flush(&mut c, &mut pending)?;
+            count = 0;
+        }
+    }
+    flush(&mut c, &mut pending)?;
+    if g.format == Format::Json {
+        println!("{}", json!({"topic": a.topic, "records": total}));
+    } else {
+        eprintln!("produced {total} records to {}", a.topic);
+    }
+    Ok(())
+}
+
+fn text(b: &Option<Bytes>) -> serde_json::Value {
+    match b {
+        None => serde_json::Value::Null,
+        Some(b) => json!(String::from_utf8_lossy(b)),
+    }
+}
+
+pub fn consume(g: &Global, a: ConsumeArgs) -> Result<()> {
+    let mut c = Cluster::connect(&g.bootstrap)?;
+    let leaders = c.leaders(&a.topic)?;
+    let parts: Vec<i32> = match a.partition {
+        Some(p) if leaders.contains_key(&p) => vec![p],
+        Some(p) => bail!("{} has no partition {p}", a.topic),
+        None => leaders.keys().copied().collect(),
+    };
+    let query = |ts: i64| parts.iter().map(|p| (*p, ts)).collect::<BTreeMap<_, _>>();
+    let mut next: BTreeMap<i32, i64> = if a.from_beginning {
+        c.list_offsets(&a.topic, &query(-2))?
+    } else if let Some(o) = a.offset {
+        parts.iter().map(|p| (*p, o)).collect()
+    } else if let Some(ts) = a.timestamp {
+        let found = c.list_offsets(&a.topic, &query(ts))?;
+        let latest = c.list_offsets(&a.topic, &query(-1))?;
+        found
+            .into_iter()
+            .map(|(p, o)| (p, if o < 0 { latest[&p] } else { o }))
+            .collect()
+    } else {
+        let latest = c.list_offsets(&a.topic, &query(-1))?;
+        match &a.group {
+            Some(group) => {
+                let committed = fetch_committed(&mut c, group)?;
+                latest
+                    .into_iter()
+                    .map(|(p, l)| {
+                        let o = committed.get(&(a.topic.clone(), p)).copied().unwrap_or(-1);
+                        (p, if o >= 0 { o } else { l })
+                    })
+                    .collect()
+            }
+            None => latest,
+        }
+    };
+    let mut printed = 0usize;
+    let mut last_data = Instant::now();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    'poll: loop {
+        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for p in &parts {
+            by_leader.entry(leaders[p]).or_default().push(*p);
+        }
+        let mut got_any = false;
+        for (leader, ps) in by_leader {
+            let mut t = fetch_request::FetchTopic::default();
+            t.topic = TopicName(s(&a.topic));
+            t.partitions = ps
+                .iter()
+                .map(|p| {
+                    let mut fp = fetch_request::FetchPartition::default();
+                    fp.partition = *p;
+                    fp.fetch_offset = next[p];
+                    fp.partition_max_bytes = 1 << 20;
+                    fp
+                })
+                .collect();
+            let mut req = FetchRequest::default();
+            req.replica_id = BrokerId(-1);
+            req.max_wait_ms = 500;
+            req.min_bytes = 1;
+            req.max_bytes = 8 << 20;
+            req.topics = vec![t];
+            let r = c.node(leader)?.send(&req, 11)?;
+            for pd in r.responses.iter().flat_map(|t| t.partitions.iter()) {
+                let p = pd.partition_index;
+                if pd.error_code == ResponseError::OffsetOutOfRange.code() {
+                    // Below the log start (retention, DeleteRecords): continue at the start.
+                    let start = c.list_offsets(&a.topic, &[(p, -2)].into_iter().collect())?;
+                    next.insert(p, start[&p]);
+                    continue;
+                }
+                check(pd.error_code, &format!("fetching {}-{p}", a.topic))?;
+                let Some(mut bytes) = pd.records.clone() else {
+                    continue;
+                };
+                while !bytes.is_empty() {
+                    let set = match RecordBatchDecoder::decode(&mut bytes) {
+                        Ok(set) => set,
+                        Err(_) => break, // a partial batch at the end of the fetch
+                    };
+                    for rec in set.records {
+                        if rec.offset < next[&p] || rec.control {
+                            continue;
+                        }
+                        next.insert(p, rec.offset + 1);
+                        got_any = true;
+                        match g.format {
+                            Format::Json => {
+                                let headers: BTreeMap<String, serde_json::Value> = rec
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| (k.to_string(), text(v)))
+                                    .collect();
+                                writeln!(
+                                    out,
+                                    "{}",
+                                    json!({
+                                        "topic": a.topic, "partition": p, "offset": rec.offset,
+                                        "timestamp": rec.timestamp, "key": text(&rec.key),
+                                        "value": text(&rec.value), "headers": headers,
+                                    })
+                                )?;
+                            }
+                            Format::Table => {
+                                writeln!(out, "{}", text(&rec.value).as_str().unwrap_or(""))?
+                            }
+                        }
+                        printed += 1;
+                        if a.max_messages.is_some_and(|m| printed >= m) {
+                            break 'poll;
+                        }
+                    }
+                }
+            }
+        }
+        out.flush()?;
+        if got_any {
+            last_data = Instant::now();
+            if let Some(group) = &a.group {
+                commit(&mut c, group, &a.topic, &next)?;
+            }
+        } else if a
+            .timeout_ms
+            .is_some_and(|t| last_data.elapsed() >= Duration::from_millis(t))
+        {
+            break;
+        }
+    }
+    out.flush()?;
+    if let Some(group) = &a.group {
+        commit(&mut c, group, &a.topic, &next)?;
+    }
+    Ok(())
+}
+
+/// A group's committed offsets: (topic, partition) -> offset.
+fn fetch_committed(c: &mut Cluster, group: &str) -> Result<BTreeMap<(String, i32), i64>> {
+    let mut g = offset_fetch_request::OffsetFetchRequestGroup::default();
+    g.group_id = GroupId(s(group));
+    g.topics = None;
+    let mut req = OffsetFetchRequest::default();
+    req.groups = vec![g];
+    let r = c.coordinator(group)?.send(&req, 8)?;
+    let g = &r.groups[0];
+    check(g.error_code, &format!("offsets of {group}"))?;
+    Ok(g.topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                (
+                    (t.name.0.to_string(), p.partition_index),
+                    p.committed_offset,
+                )
+            })
+        })
+        .collect())
+}
+
+/// Commits `offsets` of `topic` for `group` outside group management (generation -1).
+fn commit(c: &mut Cluster, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<()> {
+    let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = TopicName(s(topic));
+    t.partitions = offsets
+        .iter()
+        .map(|(p, o)| {
+            let mut x = offset_commit_request::OffsetCommitRequestPartition::default();
+            x.partition_index = *p;
+            x.committed_offset = *o;
+            x.committed_leader_epoch = -1;
+            x
+        })
+        .collect();
+    let mut req = OffsetCommitRequest::default();
+    req.group_id = GroupId(s(group));
+    req.generation_id_or_member_epoch = -1;
+    req.topics = vec![t];
+    let r = c.coordinator(group)?.send(&req, 8)?;
+    for p in r.topics.iter().flat_map(|t| t.partitions.iter()) {
+        check(
+            p.error_code,
+            &format!("committing {topic}-{} for {group}", p.partition_index),
+        )?;
+    }
+    Ok(())
+}
+
+pub fn group(g: &Global, cmd: GroupCmd) -> Result<()> {
+    let mut c = Cluster::connect(&g.bootstrap)?;
+    match cmd {
+        GroupCmd::List => {
+            let r = c.send(&ListGroupsRequest::default(), 4)?;
+            check(r.error_code, "listing groups")?;
+            let mut rows: Vec<Vec<String>> = r
+                .groups
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.group_id.0.to_string(),
+                        x.group_state.to_string(),
+                        x.protocol_type.to_string(),
+                    ]
+                })
+                .collect();
+            rows.sort();
+            match g.format {
+                Format::Json => println!(
+                    "{}",
+                    json!(rows
+                        .iter()
+                        .map(|r| json!({"group": r[0], "state": r[1], "protocol_type": r[2]}))
+                        .collect::<Vec<_>>())
+                ),
+                Format::Table => print_table(&["GROUP", "STATE", "PROTOCOL TYPE"], &rows),
+            }
+        }
+        GroupCmd::Describe { group } => {
+            let mut req = DescribeGroupsRequest::default();
+            req.groups = vec![GroupId(s(&group))];
+            let r = c.coordinator(&group)?.send(&req, 5)?;
+            let d = &r.groups[0];
+            check(d.error_code, &format!("describing {group}"))?;
+            let committed = fetch_committed(&mut c, &group)?;
+            let mut rows = Vec::new();
+            let mut topics: BTreeMap<String, Vec<(i32, i64)>> = BTreeMap::new();
+            for ((t, p), o) in &committed {
+                topics.entry(t.clone()).or_default().push((*p, *o));
+            }
+            for (t, ps) in &topics {
+                let ends = c.list_offsets(t, &ps.iter().map(|(p, _)| (*p, -1)).collect())?;
+                for (p, o) in ps {
+                    let end = ends.get(p).copied().unwrap_or(-1);
+                    rows.push((t.clone(), *p, *o, end, end - o));
+                }
+            }
+            match g.format {
+                Format::Json => println!(
+                    "{}",
+                    json!({
+                        "group": group, "state": d.group_state.to_string(),
+                        "protocol": d.protocol_data.to_string(),
+                        "members": d.members.iter().map(|m| json!({
+                            "member_id": m.member_id.to_string(),
+                            "client_id": m.client_id.to_string(),
+                            "host": m.client_host.to_string(),
+                        })).collect::<Vec<_>>(),
+                        "offsets": rows.iter().map(|(t, p, o, e, l)| json!({
+                            "topic": t, "partition": p, "committed": o, "log_end": e, "lag": l
+                        })).collect::<Vec<_>>(),
+                    })
+                ),
+                Format::Table => {
+                    println!(
+                        "group {group}: {} ({} members, protocol {})",
+                        d.group_state.as_str(),
+                        d.members.len(),
+                        d.protocol_data.as_str()
+                    );
+                    for m in &d.members {
+                        println!(
+                            "member {} client {} host {}",
+                            m.member_id.as_str(),
+                            m.client_id.as_str(),
+                            m.client_host.as_str()
+                        );
+                    }
+                    print_table(
+                        &["TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG"],
+                        &rows
+                            .iter()
+                            .map(|(t, p, o, e, l)| {
+                                vec![
+                                    t.clone(),
+                                    p.to_string(),
+                                    o.to_string(),
+                                    e.to_string(),
+                                    l.to_string(),
+                                ]
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            }
+        }
+        GroupCmd::Delete { group } => {
+            let mut req = DeleteGroupsRequest::default();
+            req.groups_names = vec![GroupId(s(&group))];
+            let r = c.coordinator(&group)?.send(&req, 2)?;
+            check(r.results[0].error_code, &format!("deleting {group}"))?;
+            println!("deleted group {group}");
+        }
+        GroupCmd::ResetOffsets {
+            group,
+            topic,
+            to_earliest,
+            to_latest,
+            to_offset,
+        } => {
+            let leaders = c.leaders(&topic)?;
+            let target: BTreeMap<i32, i64> = if to_earliest {
+                c.list_offsets(&topic, &leaders.keys().map(|p| (*p, -2)).collect())?
+            } else if to_latest {
+                c.list_offsets(&topic, &leaders.keys().map(|p| (*p, -1)).collect())?
+            } else if let Some(o) = to_offset {
+                leaders.keys().map(|p| (*p, o)).collect()
+            } else {
+                bail!("give --to-earliest, --to-latest or --to-offset");
+            };
+            commit(&mut c, &group, &topic, &target)?;
+            match g.format {
+                Format::Json => println!(
+                    "{}",
+                    json!({"group": group, "topic": topic, "offsets": target})
+                ),
+                Format::Table => {
+                    for (p, o) in &target {
+                        println!("{topic}-{p} -> {o}");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn cluster(g: &Global, cmd: ClusterCmd) -> Result<()> {
+    let mut c = Cluster::connect(&g.bootstrap)?;
+    match cmd {
+        ClusterCmd::Info => {
+            let md = c.metadata(Some(&[]))?;
+            let brokers: Vec<(i32, String)> = md
+                .brokers
+                .iter()
+                .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+                .collect();
+            let id = md
+                .cluster_id
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            match g.format {
+                Format::Json => println!(
+                    "{}",
+                    json!({
+                        "cluster_id": id, "controller": md.controller_id.0,
+                        "brokers": brokers.iter().map(|(n, a)| json!({"node_id": n, "address": a})).collect::<Vec<_>>(),
+                    })
+                ),
+                Format::Table => {
+                    println!("cluster {id}, controller {}", md.controller_id.0);
+                    print_table(
+                        &["NODE", "ADDRESS"],
+                        &brokers
+                            .iter()
+                            .map(|(n, a)| vec![n.to_string(), a.clone()])
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_partitioner() {
+        // Values from Kafka's UtilsTest (murmur2 of these strings).
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc"), 479470107);
+        assert_eq!(
+            key_partition(b"foobar", 8),
+            (-790332482i32 & 0x7fff_ffff) % 8
+        );
+    }
+}
