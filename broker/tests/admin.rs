@@ -301,3 +301,64 @@ fn list_offsets_max_timestamp_finds_the_newest_record() {
     }
     assert_eq!(query(&mut c), (0, 1, 9_000));
 }
+
+#[test]
+fn compacted_topics_refuse_records_without_keys() {
+    use bytes::BytesMut;
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), 1, &[]);
+    let mut c = broker.client();
+    assert_eq!(c.create_topic("compacted", 1), 0);
+    assert_eq!(
+        alter(&mut c, "compacted", &[("cleanup.policy", 0, "compact")]),
+        0
+    );
+    let keys = [Some("a"), None, Some("c"), None];
+    let records: Vec<Record> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: 1,
+            key: k.map(|k| bytes::Bytes::from(k.to_owned())),
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::Zstd,
+    };
+    RecordBatchEncoder::encode(&mut buf, &records, &opts).unwrap();
+    let mut pd = produce_request::PartitionProduceData::default();
+    pd.index = 0;
+    pd.records = Some(buf.freeze());
+    let mut td = produce_request::TopicProduceData::default();
+    td.name = TopicName(s("compacted"));
+    td.partition_data = vec![pd];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 10_000;
+    req.topic_data = vec![td];
+    let r = c.send(&req, 9);
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 87, "INVALID_RECORD");
+    let bad: Vec<i32> = p.record_errors.iter().map(|e| e.batch_index).collect();
+    assert_eq!(bad, vec![1, 3]);
+    assert!(
+        c.fetch_all("compacted", 0).is_empty(),
+        "nothing of the batch was written"
+    );
+    let keyed = common::batch(&[b"x".to_vec()], 1, Compression::None);
+    assert_eq!(c.produce("compacted", &[(0, keyed)], -1)[0].1, 0);
+}

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
@@ -32,6 +34,8 @@ struct Outcome {
     error: Option<(ResponseError, String)>,
     base_offset: i64,
     log_start_offset: i64,
+    /// Indexes (within the request's records) of the records that failed the batch.
+    record_errors: Vec<i32>,
 }
 
 pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<ProduceResponse> {
@@ -70,6 +74,17 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
                     format!("cannot append to internal topic {name}"),
                 ));
                 continue;
+            }
+            let compacted = image.topics.get(&name).is_some_and(|t| {
+                t.configs
+                    .get("cleanup.policy")
+                    .is_some_and(|p| p.split(',').any(|i| i.trim() == "compact"))
+            });
+            if compacted {
+                if let Some(outcome) = keyless_records(slot, &name, part.index, &part.records) {
+                    early.push(outcome);
+                    continue;
+                }
             }
             match image.shard_of(&name, part.index, smp) {
                 Some(shard) => by_shard.entry(shard).or_default().push(Item {
@@ -123,7 +138,17 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
         pr.log_start_offset = o.log_start_offset;
         if let Some((code, msg)) = o.error {
             pr.error_code = code.code();
-            pr.error_message = Some(str_bytes(msg));
+            pr.error_message = Some(str_bytes(msg.clone()));
+            pr.record_errors = o
+                .record_errors
+                .iter()
+                .map(|i| {
+                    let mut e = BatchIndexAndErrorMessage::default();
+                    e.batch_index = *i;
+                    e.batch_index_error_message = Some(str_bytes(msg.clone()));
+                    e
+                })
+                .collect();
         }
     }
     let mut resp = ProduceResponse::default();
@@ -138,8 +163,45 @@ impl Outcome {
             error: Some((code, msg)),
             base_offset: -1,
             log_start_offset: -1,
+            record_errors: Vec::new(),
         }
     }
+}
+
+/// A compacted topic keeps the latest record per key, so Kafka refuses records without one
+/// (INVALID_RECORD, naming each such record). This decodes the records (decompressing):
+/// only compacted topics pay for it.
+fn keyless_records(
+    slot: (usize, usize),
+    topic: &str,
+    partition: i32,
+    records: &Option<Bytes>,
+) -> Option<Outcome> {
+    let mut buf = records.clone()?;
+    let mut index = 0i32;
+    let mut missing = Vec::new();
+    while !buf.is_empty() {
+        // A batch that does not decode is the log's to refuse, with its own error.
+        let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) else {
+            return None;
+        };
+        for r in &set.records {
+            if r.key.is_none() {
+                missing.push(index);
+            }
+            index += 1;
+        }
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let mut o = Outcome::error(
+        slot,
+        ResponseError::InvalidRecord,
+        format!("compacted topic cannot accept message without key in topic partition {topic}-{partition}"),
+    );
+    o.record_errors = missing;
+    Some(o)
 }
 
 /// Runs on the owning shard: appends every item, then waits until each is durable.
@@ -170,6 +232,7 @@ async fn append_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
                     error: None,
                     base_offset: info.base_offset.0,
                     log_start_offset: info.log_start_offset.0,
+                    record_errors: Vec::new(),
                 },
                 Err(e) => {
                     tracing::warn!(topic = %item.topic, partition = item.partition, error = %e, "produce rejected");
