@@ -601,12 +601,28 @@ impl Log {
             let target = need.div_ceil(step) * step;
             (seg.file.clone(), seg.path.clone(), target)
         };
-        file.pre_allocate(target, true)
-            .await
-            .map_err(|e| StorageError::io("fallocate segment", &path, e))?;
+        // The space is reserved before anything is written, so a full disk refuses the
+        // append here, cleanly: nothing was written, the log stays usable (reads go on,
+        // appends succeed again once space is freed). A full step may not fit when what
+        // this append needs would: try that before refusing.
+        let need = {
+            let inner = self.inner.borrow();
+            let seg = inner.segments.values().next_back().expect("active segment");
+            align_up(seg.size_bytes + incoming_bytes)
+        };
+        let mut reserved = target;
+        if let Err(e) = file.pre_allocate(target, true).await {
+            if need >= target {
+                return Err(StorageError::io("fallocate segment", &path, e));
+            }
+            file.pre_allocate(need, true)
+                .await
+                .map_err(|e| StorageError::io("fallocate segment", &path, e))?;
+            reserved = need;
+        }
         let mut inner = self.inner.borrow_mut();
         if let Some(seg) = inner.segments.values_mut().next_back() {
-            seg.preallocated_bytes = seg.preallocated_bytes.max(target);
+            seg.preallocated_bytes = seg.preallocated_bytes.max(reserved);
         }
         Ok(())
     }
