@@ -56,7 +56,7 @@ fn a_full_disk_refuses_produce_and_recovers_when_space_is_freed() {
     let mut acked = 0usize;
     let mut refused = false;
     for i in 0..1000 {
-        let b = common::batch(&[payload.clone()], i, Compression::None);
+        let b = common::batch(std::slice::from_ref(&payload), i, Compression::None);
         let code = c.produce("full", &[(0, b)], -1)[0].1;
         if code == 0 {
             acked += 1;
@@ -73,13 +73,13 @@ fn a_full_disk_refuses_produce_and_recovers_when_space_is_freed() {
     assert!(acked > 50, "only {acked} batches before the disk was full");
     // Reads keep working and see exactly what was acknowledged.
     assert_eq!(c.fetch_all("full", 0).len(), acked);
-    let b = common::batch(&[payload.clone()], 0, Compression::None);
+    let b = common::batch(std::slice::from_ref(&payload), 0, Compression::None);
     assert_eq!(c.produce("full", &[(0, b)], -1)[0].1, KAFKA_STORAGE_ERROR);
 
     // Free space: produce works again.
     std::fs::remove_file(&filler).unwrap();
     for i in 0..10 {
-        let b = common::batch(&[payload.clone()], i, Compression::None);
+        let b = common::batch(std::slice::from_ref(&payload), i, Compression::None);
         assert_eq!(c.produce("full", &[(0, b)], -1)[0].1, 0);
         acked += 1;
     }
