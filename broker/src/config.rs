@@ -54,6 +54,9 @@ pub struct BrokerConfig {
     /// `log.retention.ms` / `.minutes` / `.hours`, `log.retention.bytes`,
     /// `sluice.log.preallocate.bytes`, `sluice.log.write.buffer.bytes`.
     pub log: LogConfig,
+    /// `sluice.admin.listen`: the admin HTTP server (metrics, JSON API, health); empty
+    /// disables it. A port taken by something else is logged and the broker runs without it.
+    pub admin_listen: String,
     /// `cluster.id` (defaults to a fixed value for a single node).
     pub cluster_id: String,
     /// Consumer groups: `offsets.topic.num.partitions`, `group.*.session.timeout.ms`,
@@ -89,6 +92,7 @@ impl Default for BrokerConfig {
             producer_id_expiration_check_interval_ms: 600_000,
             log_retention_check_interval_ms: 300_000,
             log: LogConfig::default(),
+            admin_listen: "127.0.0.1:9644".into(),
             cluster_id: "sluice-single-node".into(),
             group: GroupConfig::default(),
             offsets_topic_segment_bytes: 100 << 20,
@@ -202,6 +206,7 @@ impl BrokerConfig {
                     self.log.producer_id_expiration_ms = parse(key, value)?
                 }
                 "cluster.id" => self.cluster_id = value.clone(),
+                "sluice.admin.listen" => self.admin_listen = value.trim().to_owned(),
                 "offsets.topic.num.partitions" => {
                     self.group.offsets_partitions = parse(key, value)?
                 }

@@ -1,5 +1,6 @@
 //! `sluice`: a Kafka-wire-compatible, thread-per-core message broker.
 
+mod admin;
 mod api;
 mod cli;
 mod config;
@@ -8,6 +9,7 @@ mod errors;
 mod group;
 mod handlers;
 mod metadata;
+mod metrics;
 mod runtime;
 mod server;
 mod shard;

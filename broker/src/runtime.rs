@@ -97,10 +97,16 @@ pub fn run(config: BrokerConfig) -> Result<()> {
     }
     spawn_signal_thread(signals, events_tx);
 
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admin_addr = start_admin(&config, &senders, &ready);
     let mut failed = None;
     match events_rx.recv() {
         Ok(Event::Ready(listen)) => {
-            tracing::info!(%listen, shards = config.smp, data_dir = %config.data_dir.display(), "sluice ready");
+            ready.store(true, std::sync::atomic::Ordering::Release);
+            let admin = admin_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into());
+            tracing::info!(%listen, shards = config.smp, data_dir = %config.data_dir.display(), %admin, "sluice ready");
             match events_rx.recv() {
                 Ok(Event::Signal(sig)) => tracing::info!(signal = sig, "shutting down"),
                 Ok(Event::Failed(e)) => failed = Some(e),
@@ -120,6 +126,34 @@ pub fn run(config: BrokerConfig) -> Result<()> {
     }
     tracing::info!("sluice stopped");
     Ok(())
+}
+
+/// Binds and starts the admin HTTP server unless disabled; a taken port is logged, not fatal.
+fn start_admin(
+    config: &Arc<BrokerConfig>,
+    senders: &[flume::Sender<ShardJob>],
+    ready: &Arc<std::sync::atomic::AtomicBool>,
+) -> Option<std::net::SocketAddr> {
+    if config.admin_listen.is_empty() {
+        return None;
+    }
+    let listener = match std::net::TcpListener::bind(&config.admin_listen) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(addr = %config.admin_listen, error = %e, "admin HTTP server not started");
+            return None;
+        }
+    };
+    let addr = listener.local_addr().ok();
+    crate::admin::spawn(
+        listener,
+        crate::admin::Admin {
+            senders: senders.to_vec(),
+            config: config.clone(),
+            ready: ready.clone(),
+        },
+    );
+    addr
 }
 
 /// On shard 0: load metadata, open every shard's logs, then start every listener. Shard 0

@@ -63,9 +63,14 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
+            let m = &shard.metrics;
+            m.connections.set(m.connections.get() + 1);
+            m.connections_total.set(m.connections_total.get() + 1);
             if let Err(e) = serve_connection(&shard, stream, &peer).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
+            let m = &shard.metrics;
+            m.connections.set(m.connections.get().saturating_sub(1));
             drop(permit);
         })
         .detach();
@@ -121,10 +126,24 @@ async fn serve_connection(
             tracing::warn!(%peer, error = %e, "closing connection: bad request header");
         })?;
         let _inflight = shard.begin_request();
-        match dispatch(shard, envelope, peer).await {
+        let started = std::time::Instant::now();
+        let api = envelope.api_key as i16;
+        shard
+            .metrics
+            .bytes_in
+            .set(shard.metrics.bytes_in.get() + 4 + length as u64);
+        let reply = dispatch(shard, envelope, peer).await;
+        if !matches!(reply, Reply::Close(_)) {
+            shard.metrics.request(api, started.elapsed().as_secs_f64());
+        }
+        match reply {
             Reply::Response(bytes) => {
                 let stream = reader.get_mut();
                 stream.write_all(&bytes).await?;
+                shard
+                    .metrics
+                    .bytes_out
+                    .set(shard.metrics.bytes_out.get() + bytes.len() as u64);
             }
             Reply::Nothing => {}
             Reply::Close(reason) => {

@@ -23,6 +23,7 @@ use crate::controller::Controller;
 use crate::group::records::{decode_batches, encode_batch};
 use crate::group::{Coordinator, Write, OFFSETS_TOPIC};
 use crate::metadata::{partition_dir, MetadataImage};
+use crate::metrics::{Metrics, PartitionStats, ShardSnapshot};
 
 /// Index of a shard, 0-based (glommio executor ids start at 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,6 +69,7 @@ pub struct Shard {
     pub producer_ids: RefCell<std::ops::Range<i64>>,
     /// The consumer groups whose `__consumer_offsets` partitions this shard owns.
     pub groups: RefCell<Coordinator>,
+    pub metrics: Metrics,
 }
 
 /// Counts a request as in flight until dropped (see [`Shard::drain`]).
@@ -112,6 +114,7 @@ impl Shard {
             listen_port: Cell::new(0),
             producer_ids: RefCell::new(0..0),
             groups,
+            metrics: Metrics::default(),
         });
         *shard.self_ref.borrow_mut() = Rc::downgrade(&shard);
         shard
@@ -146,6 +149,9 @@ impl Shard {
         if target == self.id {
             return Ok(f(self.rc()).await);
         }
+        self.metrics
+            .cross_core_sent
+            .set(self.metrics.cross_core_sent.get() + 1);
         let (tx, rx) = flume::bounded(1);
         let job: ShardJob = Box::new(move |shard| {
             Box::pin(async move {
@@ -258,6 +264,45 @@ impl Shard {
             tracing::info!(partition, records = loaded, "group records loaded");
         }
         Ok(())
+    }
+
+    /// This shard's counters, partitions and groups, for the admin server.
+    pub fn snapshot(&self) -> ShardSnapshot {
+        let m = &self.metrics;
+        let groups = self.groups.borrow();
+        ShardSnapshot {
+            shard: self.id.0,
+            requests: m
+                .requests
+                .borrow()
+                .iter()
+                .map(|(k, h)| (*k, h.clone()))
+                .collect(),
+            bytes_in: m.bytes_in.get(),
+            bytes_out: m.bytes_out.get(),
+            connections: m.connections.get(),
+            connections_total: m.connections_total.get(),
+            cross_core_sent: m.cross_core_sent.get(),
+            sync_latency: self.commit.sync_latency(),
+            partitions: self
+                .partitions
+                .borrow()
+                .values()
+                .map(|p| PartitionStats {
+                    topic: p.topic.clone(),
+                    partition: p.index,
+                    log_start: p.log.log_start_offset().0,
+                    log_end: p.log.log_end_offset().0,
+                    size_bytes: p.log.size_bytes(),
+                })
+                .collect(),
+            committed: groups.all_committed(),
+            groups: groups
+                .list_with_members()
+                .into_iter()
+                .map(|(g, t, st, n)| (g, st.name().to_owned(), t, n))
+                .collect(),
+        }
     }
 
     /// The partition leader on this shard, if it owns one.

@@ -12,12 +12,39 @@ use event_listener::Event;
 
 use crate::Log;
 
+/// Upper bounds (µs) of the fdatasync latency buckets.
+pub const SYNC_LATENCY_BUCKETS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
+
+/// fdatasync latencies of one shard: a cumulative-bucket histogram.
+#[derive(Default, Clone, Debug)]
+pub struct SyncLatency {
+    /// Per bucket of [`SYNC_LATENCY_BUCKETS_US`]: syncs that took at most that long.
+    pub buckets: [u64; 10],
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl SyncLatency {
+    pub fn observe(&mut self, us: u64) {
+        for (i, bound) in SYNC_LATENCY_BUCKETS_US.iter().enumerate() {
+            if us <= *bound {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_us += us;
+    }
+}
+
 #[derive(Default)]
 pub struct GroupCommit {
     dirty: RefCell<Vec<Rc<Log>>>,
     wake: Event,
     rounds: Cell<u64>,
     stopping: Cell<bool>,
+    sync_latency: RefCell<SyncLatency>,
 }
 
 impl GroupCommit {
@@ -28,6 +55,17 @@ impl GroupCommit {
     pub(crate) fn mark_dirty(&self, log: Rc<Log>) {
         self.dirty.borrow_mut().push(log);
         self.wake.notify(1);
+    }
+
+    pub(crate) fn observe_sync(&self, elapsed: std::time::Duration) {
+        self.sync_latency
+            .borrow_mut()
+            .observe(elapsed.as_micros() as u64);
+    }
+
+    /// The shard's fdatasync latencies so far.
+    pub fn sync_latency(&self) -> SyncLatency {
+        self.sync_latency.borrow().clone()
     }
 
     /// Completed flush rounds, for metrics and tests.

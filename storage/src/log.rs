@@ -723,7 +723,10 @@ impl Log {
             }
         }
         for (base, _, file) in &done {
-            file.fdatasync().await.map_err(|e| {
+            let started = std::time::Instant::now();
+            let synced = file.fdatasync().await;
+            self.commit.observe_sync(started.elapsed());
+            synced.map_err(|e| {
                 StorageError::io(
                     "fdatasync segment",
                     self.dir.join(segment_file_name(*base, "log")),

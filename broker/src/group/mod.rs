@@ -1284,6 +1284,33 @@ impl Coordinator {
             .collect()
     }
 
+    /// `(group id, protocol type, state, members)` of every group.
+    pub fn list_with_members(&self) -> Vec<(String, String, GroupState, usize)> {
+        self.groups
+            .values()
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state,
+                    g.members.len(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every committed offset of every group: (group, topic, partition, offset).
+    pub fn all_committed(&self) -> Vec<(String, String, i32, i64)> {
+        self.groups
+            .values()
+            .flat_map(|g| {
+                g.offsets
+                    .iter()
+                    .map(move |((t, p), o)| (g.id.clone(), t.clone(), *p, o.offset))
+            })
+            .collect()
+    }
+
     /// DeleteGroups for one group: the tombstones to write, or the refusal.
     pub fn delete_group(&mut self, group: &str) -> Result<Write, ResponseError> {
         let Some(g) = self.groups.get(group) else {

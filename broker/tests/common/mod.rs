@@ -90,6 +90,8 @@ impl Broker {
             .arg(&self.data_dir)
             .arg("--smp")
             .arg(self.smp.to_string());
+        // Tests run brokers in parallel: each gets its own admin port.
+        cmd.arg("--prop").arg("sluice.admin.listen=127.0.0.1:0");
         for p in &self.props {
             cmd.arg("--prop").arg(p);
         }
@@ -118,6 +120,15 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The admin HTTP server's address from the newest "sluice ready" line.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let log = self.log();
+        let line = log.lines().rfind(|l| l.contains("sluice ready"))?;
+        let line = strip_ansi(line);
+        let rest = &line[line.find("admin=")? + "admin=".len()..];
+        rest.split_whitespace().next()?.parse().ok()
     }
 
     pub fn log(&self) -> String {
