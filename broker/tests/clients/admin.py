@@ -6,7 +6,8 @@ configs (defaults and their source), alter them (incrementally and wholesale) an
 change, get INVALID_CONFIG for a bad value, add partitions and produce to the new ones, and
 delete records (the consumer then starts at the new low watermark). A retention check: with
 small segments and `retention.bytes`, old segments disappear and a consumer from the
-beginning gets exactly the records that remain.
+beginning gets exactly the records that remain. The `sluice` CLI's produce and consume
+against a client-created topic, read back by kcat and confluent-kafka.
 
 usage: admin.py --broker target/release/sluice
 """
@@ -166,6 +167,41 @@ def retention_check(bootstrap):
         f"remaining {hi - lo} records")
 
 
+def cli_interop(binary, bootstrap):
+    """The `sluice` CLI against a topic a client created: its records read back by kcat and
+    confluent-kafka, and a client's records read by `sluice consume`."""
+    import json
+    import subprocess
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    env = {**os.environ, "SLUICE_BOOTSTRAP": bootstrap}
+    topic = "admin-cli"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    lines = "".join(f"k{i}|v{i}\n" for i in range(100))
+    subprocess.run([binary, "produce", topic, "--key-separator", "|", "--header", "via=cli"],
+                   input=lines.encode(), env=env, check=True, capture_output=True)
+    ends, got = consume_all(bootstrap, topic, 3)
+    if len(got) != 100:
+        raise AssertionError(f"confluent read {len(got)} of the CLI's 100 records")
+    kcat = subprocess.run(["kcat", "-b", bootstrap, "-C", "-t", topic, "-e", "-q",
+                           "-f", "%k=%s %h\n"], capture_output=True, check=True, timeout=60)
+    rows = sorted(kcat.stdout.decode().split("\n"))[1:]
+    if rows != sorted(f"k{i}=v{i} via=cli" for i in range(100)):
+        raise AssertionError(f"kcat read {rows[:3]}... ({len(rows)} rows)")
+    produce(bootstrap, topic, 50, partition=1)
+    out = subprocess.run([binary, "consume", topic, "--partition", "1", "--from-beginning",
+                          "--timeout-ms", "1500", "--format", "json"],
+                         env=env, check=True, capture_output=True, timeout=60).stdout
+    recs = [json.loads(line) for line in out.decode().splitlines()]
+    lo, hi = ends[1]
+    if len(recs) != hi - lo + 50 or [r["offset"] for r in recs] != list(range(lo, hi + 50)):
+        raise AssertionError(f"sluice consume read {len(recs)} records of partition 1")
+    log("cli: `sluice produce` read back by confluent-kafka and kcat (keys, headers); "
+        "`sluice consume` read a client's records")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--broker", required=True)
@@ -179,6 +215,7 @@ def main():
         confluent_checks(broker.bootstrap)
         kafka_python_checks(broker.bootstrap)
         retention_check(broker.bootstrap)
+        cli_interop(args.broker, broker.bootstrap)
         ok = True
     finally:
         broker.kill()
