@@ -148,6 +148,11 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         min: 0,
         max: 1,
     },
+    ApiRange {
+        key: ApiKey::DescribeLogDirs,
+        min: 1,
+        max: 4,
+    },
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<ApiRange> {
@@ -269,6 +274,9 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope, peer: &str) -> Re
         }
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(handlers::describe_cluster::handle(&ctx, r))
+        }
+        RequestKind::DescribeLogDirs(r) => {
+            ResponseKind::DescribeLogDirs(handlers::describe_log_dirs::handle(&ctx, r).await)
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(handlers::describe_configs::handle(&ctx, r).await)

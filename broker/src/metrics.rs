@@ -98,7 +98,12 @@ fn escape(v: &str) -> String {
 }
 
 /// A per-shard metric: name, type, help, value.
-type ShardFamily = (&'static str, &'static str, &'static str, fn(&ShardSnapshot) -> u64);
+type ShardFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardSnapshot) -> u64,
+);
 /// A per-partition gauge: name, help, value.
 type PartitionFamily = (&'static str, &'static str, fn(&PartitionStats) -> String);
 

@@ -343,6 +343,19 @@ fn every_advertised_version_answers() {
                 ApiKey::DescribeCluster => c
                     .try_send(&DescribeClusterRequest::default(), v)
                     .is_some_and(|r| r.error_code == 0 && r.brokers.len() == 1),
+                ApiKey::DescribeLogDirs => {
+                    let mut req = DescribeLogDirsRequest::default();
+                    req.topics = None;
+                    c.try_send(&req, v).is_some_and(|r| {
+                        let d = &r.results[0];
+                        d.error_code == 0
+                            && d.topics.iter().any(|t| {
+                                t.name.0.as_str() == "v"
+                                    && t.partitions.iter().any(|p| p.partition_size > 0)
+                            })
+                            && (v < 4 || d.total_bytes > 0)
+                    })
+                }
                 other => panic!("advertised {other:?} without a case in this test"),
             };
             assert!(
