@@ -4,8 +4,10 @@
 //! A topic stores only the values set for it (`TopicMeta::configs`); everything else is the
 //! broker default, reported as such by DescribeConfigs. Honoured by the log today:
 //! `segment.bytes`, `segment.ms`, `index.interval.bytes`, `retention.ms`, `retention.bytes`,
-//! `cleanup.policy` (a topic that is only `compact` is not trimmed by time or size; compaction
-//! itself is later work), `max.message.bytes` and `message.timestamp.type`. The others are
+//! `cleanup.policy` (a topic that is only `compact` is not trimmed by time or size and refuses
+//! records without a key; compaction itself is later work), `max.message.bytes`,
+//! `message.timestamp.type` and `compression.type` (a fixed codec re-compresses batches that
+//! arrive with another one, as Kafka does). The others are
 //! validated and stored (`min.insync.replicas` takes effect with replication).
 
 use std::collections::BTreeMap;
@@ -416,6 +418,22 @@ pub fn log_config(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -
 /// `max.message.bytes` of a topic.
 pub fn max_message_bytes(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> usize {
     value(broker, overrides, "max.message.bytes").unwrap_or(broker.message_max_bytes)
+}
+
+/// The codec a topic stores batches with when `compression.type` names one (`producer`, the
+/// default, keeps what the producer sent).
+pub fn fixed_codec(
+    overrides: &BTreeMap<String, String>,
+) -> Option<kafka_protocol::records::Compression> {
+    use kafka_protocol::records::Compression;
+    match overrides.get("compression.type")?.trim() {
+        "uncompressed" => Some(Compression::None),
+        "gzip" => Some(Compression::Gzip),
+        "snappy" => Some(Compression::Snappy),
+        "lz4" => Some(Compression::Lz4),
+        "zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
 }
 
 /// Whether the topic stamps batches with the broker's time (`LogAppendTime`).

@@ -362,3 +362,40 @@ fn compacted_topics_refuse_records_without_keys() {
     let keyed = common::batch(&[b"x".to_vec()], 1, Compression::None);
     assert_eq!(c.produce("compacted", &[(0, keyed)], -1)[0].1, 0);
 }
+
+#[test]
+fn a_fixed_compression_type_recompresses_batches() {
+    use protocol::record_batch::{BatchIter, Compression as Stored};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), 1, &[]);
+    let mut c = broker.client();
+    assert_eq!(c.create_topic("z", 1), 0);
+    assert_eq!(alter(&mut c, "z", &[("compression.type", 0, "zstd")]), 0);
+    let values: Vec<Vec<u8>> = (0..20).map(|i| format!("value-{i}").into_bytes()).collect();
+    let gz = common::batch(&values, 1_000, Compression::Gzip);
+    assert_eq!(c.produce("z", &[(0, gz)], -1)[0].1, 0);
+    let plain = common::batch(&values[..2], 2_000, Compression::None);
+    assert_eq!(c.produce("z", &[(0, plain)], -1)[0].1, 0);
+
+    let mut fp = fetch_request::FetchPartition::default();
+    fp.partition = 0;
+    fp.partition_max_bytes = 1 << 20;
+    let mut ft = fetch_request::FetchTopic::default();
+    ft.topic = TopicName(s("z"));
+    ft.partitions = vec![fp];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_bytes = 1 << 20;
+    req.topics = vec![ft];
+    let r = c.send(&req, 11);
+    let raw = r.responses[0].partitions[0].records.clone().unwrap();
+    let codecs: Vec<Stored> = BatchIter::new(&raw, true)
+        .map(|v| v.compression())
+        .collect();
+    // common::batch writes one batch per record: 22 batches in, 22 out, all zstd now.
+    assert_eq!(codecs, vec![Stored::Zstd; 22]);
+    let recs = c.fetch_all("z", 0);
+    assert_eq!(recs.len(), 22);
+    assert_eq!(recs[19].value.as_deref(), Some(&b"value-19"[..]));
+    assert_eq!(recs[21].timestamp, 2_000);
+}

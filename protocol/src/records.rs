@@ -1,11 +1,14 @@
 //! Record-level reads of a stored batch, for the few requests that must look inside one
-//! (ListOffsets by timestamp). Produce and Fetch never come here: they move whole batches.
+//! (ListOffsets by timestamp), and re-compression for topics whose `compression.type` is a
+//! fixed codec. Plain Produce and Fetch never come here: they move whole batches.
 //!
 //! Decoding goes through the `kafka-protocol` record codec, which decompresses gzip, snappy,
 //! lz4 and zstd batches.
 
-use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression as Codec, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+};
 use thiserror::Error;
 
 use crate::record_batch::{BatchError, RecordBatchView};
@@ -43,6 +46,50 @@ pub fn first_record_at_or_after(
         .iter()
         .find(|r| r.timestamp >= target)
         .map(|r| (r.offset, r.timestamp)))
+}
+
+/// Re-encodes every batch in `batches` whose codec is not `target` (one batch out per batch
+/// in, records, producer fields and timestamps unchanged), as Kafka does for a topic with a
+/// fixed `compression.type`. `None` when every batch already uses `target`.
+pub fn recompress(batches: &Bytes, target: Codec) -> Result<Option<Bytes>, RecordsError> {
+    let wanted = match target {
+        Codec::None => crate::record_batch::Compression::None,
+        Codec::Gzip => crate::record_batch::Compression::Gzip,
+        Codec::Snappy => crate::record_batch::Compression::Snappy,
+        Codec::Lz4 => crate::record_batch::Compression::Lz4,
+        Codec::Zstd => crate::record_batch::Compression::Zstd,
+    };
+    if crate::record_batch::BatchIter::new(batches, false).all(|v| v.compression() == wanted) {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(batches.len());
+    let mut rest = batches.clone();
+    while !rest.is_empty() {
+        let (size, base_offset, codec) = {
+            let view = RecordBatchView::parse(&rest)?;
+            (view.size_bytes(), view.base_offset(), view.compression())
+        };
+        let mut one = rest.split_to(size);
+        if codec == wanted {
+            out.extend_from_slice(&one);
+            continue;
+        }
+        let set = RecordBatchDecoder::decode(&mut one).map_err(|e| RecordsError::Decode {
+            base_offset,
+            reason: e.to_string(),
+        })?;
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: target,
+        };
+        RecordBatchEncoder::encode(&mut out, &set.records, &options).map_err(|e| {
+            RecordsError::Decode {
+                base_offset,
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    Ok(Some(out.freeze()))
 }
 
 #[cfg(test)]
@@ -84,6 +131,38 @@ mod tests {
         };
         RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
         buf.freeze()
+    }
+
+    #[test]
+    fn recompression_keeps_records_and_changes_the_codec() {
+        use crate::record_batch::{BatchIter, Compression as Stored};
+        let original = batch(0, &[1, 2, 3], Compression::Gzip);
+        let out = recompress(&original, Compression::Zstd).unwrap().unwrap();
+        let views: Vec<_> = BatchIter::new(&out, true).collect();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].compression(), Stored::Zstd);
+        assert_eq!(views[0].records_count(), 3);
+        let mut a = original.clone();
+        let mut b = out.clone();
+        let before = RecordBatchDecoder::decode(&mut a).unwrap().records;
+        let after = RecordBatchDecoder::decode(&mut b).unwrap().records;
+        assert_eq!(before.len(), after.len());
+        for (x, y) in before.iter().zip(&after) {
+            assert_eq!(
+                (&x.key, &x.value, x.timestamp),
+                (&y.key, &y.value, y.timestamp)
+            );
+            assert_eq!(x.headers, y.headers);
+        }
+        assert!(
+            recompress(&out, Compression::Zstd).unwrap().is_none(),
+            "already zstd"
+        );
+        let plain = recompress(&original, Compression::None).unwrap().unwrap();
+        assert_eq!(
+            BatchIter::new(&plain, true).next().unwrap().compression(),
+            Stored::None
+        );
     }
 
     #[test]

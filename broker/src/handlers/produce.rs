@@ -86,12 +86,33 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
                     continue;
                 }
             }
+            let mut records = part.records;
+            if let Some(codec) = image
+                .topics
+                .get(&name)
+                .and_then(|t| topic_config::fixed_codec(&t.configs))
+            {
+                if let Some(r) = &records {
+                    match protocol::records::recompress(r, codec) {
+                        Ok(Some(re)) => records = Some(re),
+                        Ok(None) => {}
+                        Err(e) => {
+                            early.push(Outcome::error(
+                                slot,
+                                ResponseError::CorruptMessage,
+                                e.to_string(),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            }
             match image.shard_of(&name, part.index, smp) {
                 Some(shard) => by_shard.entry(shard).or_default().push(Item {
                     slot,
                     topic: name.clone(),
                     partition: part.index,
-                    records: part.records,
+                    records,
                     max_batch_bytes: image
                         .topics
                         .get(&name)
