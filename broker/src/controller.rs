@@ -148,6 +148,14 @@ impl Controller {
         Ok(())
     }
 
+    /// Makes `next` the image: a new version, stored, then published to every shard.
+    async fn commit(&self, shard: &Shard, mut next: MetadataImage) -> Result<()> {
+        next.version += 1;
+        next.store(&self.config.data_dir)?;
+        *self.image.borrow_mut() = next.clone();
+        self.publish(shard, Arc::new(next)).await
+    }
+
     pub async fn create_topics(
         &self,
         shard: &Shard,
@@ -176,16 +184,7 @@ impl Controller {
         if validate_only || results.iter().all(|r| r.is_err()) {
             return results;
         }
-        next.version += 1;
-        let stored = next.store(&self.config.data_dir);
-        let outcome = match stored {
-            Ok(()) => {
-                *self.image.borrow_mut() = next.clone();
-                self.publish(shard, Arc::new(next)).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
+        if let Err(e) = self.commit(shard, next).await {
             tracing::error!(error = %e, "create topics failed");
             return results
                 .into_iter()
@@ -297,15 +296,7 @@ impl Controller {
         if validate_only || results.iter().all(|r| r.is_err()) {
             return results;
         }
-        next.version += 1;
-        let outcome = match next.store(&self.config.data_dir) {
-            Ok(()) => {
-                *self.image.borrow_mut() = next.clone();
-                self.publish(shard, Arc::new(next)).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
+        if let Err(e) = self.commit(shard, next).await {
             tracing::error!(error = %e, "create partitions failed");
             return results
                 .into_iter()
@@ -353,15 +344,7 @@ impl Controller {
         if validate_only || results.iter().all(|r| r.is_err()) {
             return results;
         }
-        next.version += 1;
-        let outcome = match next.store(&self.config.data_dir) {
-            Ok(()) => {
-                *self.image.borrow_mut() = next.clone();
-                self.publish(shard, Arc::new(next)).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
+        if let Err(e) = self.commit(shard, next).await {
             tracing::error!(error = %e, "alter configs failed");
             return results
                 .into_iter()
@@ -421,15 +404,7 @@ impl Controller {
         if results.iter().all(|r| r.is_err()) {
             return results;
         }
-        next.version += 1;
-        let outcome = match next.store(&self.config.data_dir) {
-            Ok(()) => {
-                *self.image.borrow_mut() = next.clone();
-                self.publish(shard, Arc::new(next)).await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
+        if let Err(e) = self.commit(shard, next).await {
             tracing::error!(error = %e, "delete topics failed");
             return results
                 .into_iter()

@@ -131,32 +131,14 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
                 offset: p.log.log_start_offset().0,
             },
             MAX_TIMESTAMP => {
+                // The first record carrying the log's largest timestamp.
                 let max = p.log.max_timestamp();
                 let found = if max < 0 {
                     Ok(None)
                 } else {
                     offset_for_timestamp(&p, max).await
                 };
-                match found {
-                    Ok(Some((offset, ts))) => Answer {
-                        slot: q.slot,
-                        error: None,
-                        timestamp: ts,
-                        offset,
-                    },
-                    Ok(None) => Answer {
-                        slot: q.slot,
-                        error: None,
-                        timestamp: -1,
-                        offset: -1,
-                    },
-                    Err(code) => Answer {
-                        slot: q.slot,
-                        error: Some(code),
-                        timestamp: -1,
-                        offset: -1,
-                    },
-                }
+                Answer::found(q.slot, found)
             }
             ts if ts < 0 => Answer {
                 slot: q.slot,
@@ -164,30 +146,27 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
                 timestamp: -1,
                 offset: -1,
             },
-            ts => match offset_for_timestamp(&p, ts).await {
-                Ok(Some((offset, found_ts))) => Answer {
-                    slot: q.slot,
-                    error: None,
-                    timestamp: found_ts,
-                    offset,
-                },
-                Ok(None) => Answer {
-                    slot: q.slot,
-                    error: None,
-                    timestamp: -1,
-                    offset: -1,
-                },
-                Err(code) => Answer {
-                    slot: q.slot,
-                    error: Some(code),
-                    timestamp: -1,
-                    offset: -1,
-                },
-            },
+            ts => Answer::found(q.slot, offset_for_timestamp(&p, ts).await),
         };
         out.push(answer);
     }
     out
+}
+
+impl Answer {
+    /// The answer to a query by time: the record found, none (-1), or the error.
+    fn found(slot: (usize, usize), found: Result<Option<(i64, i64)>, ResponseError>) -> Answer {
+        let (error, (offset, timestamp)) = match found {
+            Ok(hit) => (None, hit.unwrap_or((-1, -1))),
+            Err(code) => (Some(code), (-1, -1)),
+        };
+        Answer {
+            slot,
+            error,
+            timestamp,
+            offset,
+        }
+    }
 }
 
 /// The first record at or after `ts`: the storage finds the batch, the record codec looks
