@@ -3,9 +3,9 @@
 //! leaders and FindCoordinator to group coordinators. Human tables by default,
 //! `--format json` (one JSON document, or one per record for `consume`) for scripts.
 //!
-//! `consume --group` reads from and commits to the group's offsets without joining it
-//! (a standalone consumer with group offsets, as `kcat -G` is not); `group reset-offsets`
-//! needs the group to be empty, as in Kafka.
+//! `consume --group` joins the group (the classic protocol with the range assignor), reads
+//! its partitions from the committed offsets and commits what it printed; `group
+//! reset-offsets` needs the group to be empty, as in Kafka.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
@@ -652,47 +652,255 @@ fn text(b: &Option<Bytes>) -> serde_json::Value {
     }
 }
 
+/// Where to start reading `parts`: an explicit offset or time, else the group's committed
+/// offsets, else the earliest (`--from-beginning`) or latest offsets.
+fn start_offsets(
+    c: &mut Cluster,
+    a: &ConsumeArgs,
+    parts: &[i32],
+    committed: &BTreeMap<(String, i32), i64>,
+) -> Result<BTreeMap<i32, i64>> {
+    let query = |ts: i64| parts.iter().map(|p| (*p, ts)).collect::<BTreeMap<_, _>>();
+    if parts.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if let Some(o) = a.offset {
+        return Ok(parts.iter().map(|p| (*p, o)).collect());
+    }
+    let fallback = c.list_offsets(&a.topic, &query(if a.from_beginning { -2 } else { -1 }))?;
+    if let Some(ts) = a.timestamp {
+        let found = c.list_offsets(&a.topic, &query(ts))?;
+        let latest = c.list_offsets(&a.topic, &query(-1))?;
+        return Ok(found
+            .into_iter()
+            .map(|(p, o)| (p, if o < 0 { latest[&p] } else { o }))
+            .collect());
+    }
+    Ok(fallback
+        .into_iter()
+        .map(|(p, f)| {
+            let o = committed.get(&(a.topic.clone(), p)).copied().unwrap_or(-1);
+            (p, if o >= 0 { o } else { f })
+        })
+        .collect())
+}
+
+/// Session timeout of the CLI's group membership; it heartbeats every [`HEARTBEAT_EVERY`].
+const SESSION_TIMEOUT_MS: i32 = 10_000;
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Membership of a consumer group (the classic protocol, the range assignor when leading).
+struct Member {
+    group: String,
+    topic: String,
+    id: String,
+    generation: i32,
+    last_heartbeat: Instant,
+}
+
+impl Member {
+    /// Joins (or rejoins) and returns this member's partitions of the topic.
+    fn join(&mut self, c: &mut Cluster) -> Result<Vec<i32>> {
+        use kafka_protocol::protocol::{Decodable, Encodable};
+        let mut sub = ConsumerProtocolSubscription::default();
+        sub.topics = vec![s(&self.topic)];
+        sub.user_data = None;
+        let mut meta = BytesMut::new();
+        meta.extend_from_slice(&0i16.to_be_bytes());
+        sub.encode(&mut meta, 0)?;
+        let meta = meta.freeze();
+        let joined = loop {
+            let mut p = join_group_request::JoinGroupRequestProtocol::default();
+            p.name = s("range");
+            p.metadata = meta.clone();
+            let mut req = JoinGroupRequest::default();
+            req.group_id = GroupId(s(&self.group));
+            req.session_timeout_ms = SESSION_TIMEOUT_MS;
+            req.rebalance_timeout_ms = 60_000;
+            req.member_id = s(&self.id);
+            req.protocol_type = s("consumer");
+            req.protocols = vec![p];
+            let r = c.coordinator(&self.group)?.send(&req, 5)?;
+            if r.error_code == ResponseError::MemberIdRequired.code() {
+                self.id = r.member_id.to_string();
+                continue;
+            }
+            if r.error_code == ResponseError::UnknownMemberId.code() {
+                self.id.clear();
+                continue;
+            }
+            check(r.error_code, &format!("joining {}", self.group))?;
+            break r;
+        };
+        self.id = joined.member_id.to_string();
+        self.generation = joined.generation_id;
+        let mut assignments = Vec::new();
+        if joined.leader == joined.member_id {
+            // Range assignment of every subscribed topic among its subscribers.
+            let mut subscribers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for m in &joined.members {
+                let mut b = m.metadata.clone();
+                if b.len() < 2 {
+                    continue;
+                }
+                let version = i16::from_be_bytes([b[0], b[1]]);
+                let _ = b.split_to(2);
+                let Ok(sub) = ConsumerProtocolSubscription::decode(&mut b, version.clamp(0, 3))
+                else {
+                    continue;
+                };
+                for t in sub.topics {
+                    subscribers
+                        .entry(t.to_string())
+                        .or_default()
+                        .push(m.member_id.to_string());
+                }
+            }
+            let mut plan: BTreeMap<String, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
+            for (topic, mut members) in subscribers {
+                members.sort();
+                let n = c.leaders(&topic).map(|l| l.len()).unwrap_or(0);
+                let per = n / members.len();
+                let extra = n % members.len();
+                for (i, m) in members.iter().enumerate() {
+                    let start = i * per + i.min(extra);
+                    let len = per + usize::from(i < extra);
+                    plan.entry(m.clone()).or_default().insert(
+                        topic.clone(),
+                        (start..start + len).map(|p| p as i32).collect(),
+                    );
+                }
+            }
+            for m in &joined.members {
+                let mut asg = ConsumerProtocolAssignment::default();
+                asg.assigned_partitions = plan
+                    .get(m.member_id.as_str())
+                    .map(|topics| {
+                        topics
+                            .iter()
+                            .map(|(t, ps)| {
+                                let mut tp =
+                                    consumer_protocol_assignment::TopicPartition::default();
+                                tp.topic = TopicName(s(t));
+                                tp.partitions = ps.clone();
+                                tp
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut b = BytesMut::new();
+                b.extend_from_slice(&0i16.to_be_bytes());
+                asg.encode(&mut b, 0)?;
+                let mut x = sync_group_request::SyncGroupRequestAssignment::default();
+                x.member_id = m.member_id.clone();
+                x.assignment = b.freeze();
+                assignments.push(x);
+            }
+        }
+        let mut req = SyncGroupRequest::default();
+        req.group_id = GroupId(s(&self.group));
+        req.generation_id = self.generation;
+        req.member_id = s(&self.id);
+        req.assignments = assignments;
+        let r = c.coordinator(&self.group)?.send(&req, 3)?;
+        if r.error_code == ResponseError::RebalanceInProgress.code() {
+            return self.join(c);
+        }
+        check(r.error_code, &format!("syncing {}", self.group))?;
+        self.last_heartbeat = Instant::now();
+        let mut b = r.assignment;
+        if b.len() < 2 {
+            return Ok(Vec::new());
+        }
+        let version = i16::from_be_bytes([b[0], b[1]]);
+        let _ = b.split_to(2);
+        let asg = ConsumerProtocolAssignment::decode(&mut b, version.clamp(0, 3))?;
+        Ok(asg
+            .assigned_partitions
+            .into_iter()
+            .filter(|tp| tp.topic.0.as_str() == self.topic)
+            .flat_map(|tp| tp.partitions)
+            .collect())
+    }
+
+    /// Whether the group wants this member to rejoin.
+    fn heartbeat(&mut self, c: &mut Cluster) -> Result<bool> {
+        self.last_heartbeat = Instant::now();
+        let mut req = HeartbeatRequest::default();
+        req.group_id = GroupId(s(&self.group));
+        req.generation_id = self.generation;
+        req.member_id = s(&self.id);
+        let r = c.coordinator(&self.group)?.send(&req, 3)?;
+        match ResponseError::try_from_code(r.error_code) {
+            None => Ok(false),
+            Some(ResponseError::RebalanceInProgress | ResponseError::IllegalGeneration) => Ok(true),
+            Some(ResponseError::UnknownMemberId) => {
+                self.id.clear();
+                Ok(true)
+            }
+            Some(e) => bail!("heartbeat in {}: {e:?}", self.group),
+        }
+    }
+
+    fn leave(&self, c: &mut Cluster) -> Result<()> {
+        let mut m = leave_group_request::MemberIdentity::default();
+        m.member_id = s(&self.id);
+        let mut req = LeaveGroupRequest::default();
+        req.group_id = GroupId(s(&self.group));
+        req.members = vec![m];
+        c.coordinator(&self.group)?.send(&req, 3)?;
+        Ok(())
+    }
+}
+
 pub fn consume(g: &Global, a: ConsumeArgs) -> Result<()> {
     let mut c = Cluster::connect(&g.bootstrap)?;
     let leaders = c.leaders(&a.topic)?;
-    let parts: Vec<i32> = match a.partition {
-        Some(p) if leaders.contains_key(&p) => vec![p],
-        Some(p) => bail!("{} has no partition {p}", a.topic),
-        None => leaders.keys().copied().collect(),
+    // With --group (and no --partition) this joins the group: partitions are shared among
+    // its members and reassigned as they come and go.
+    let mut member = match (&a.group, a.partition) {
+        (Some(group), None) => Some(Member {
+            group: group.clone(),
+            topic: a.topic.clone(),
+            id: String::new(),
+            generation: -1,
+            last_heartbeat: Instant::now(),
+        }),
+        _ => None,
     };
-    let query = |ts: i64| parts.iter().map(|p| (*p, ts)).collect::<BTreeMap<_, _>>();
-    let mut next: BTreeMap<i32, i64> = if a.from_beginning {
-        c.list_offsets(&a.topic, &query(-2))?
-    } else if let Some(o) = a.offset {
-        parts.iter().map(|p| (*p, o)).collect()
-    } else if let Some(ts) = a.timestamp {
-        let found = c.list_offsets(&a.topic, &query(ts))?;
-        let latest = c.list_offsets(&a.topic, &query(-1))?;
-        found
-            .into_iter()
-            .map(|(p, o)| (p, if o < 0 { latest[&p] } else { o }))
-            .collect()
-    } else {
-        let latest = c.list_offsets(&a.topic, &query(-1))?;
-        match &a.group {
-            Some(group) => {
-                let committed = fetch_committed(&mut c, group)?;
-                latest
-                    .into_iter()
-                    .map(|(p, l)| {
-                        let o = committed.get(&(a.topic.clone(), p)).copied().unwrap_or(-1);
-                        (p, if o >= 0 { o } else { l })
-                    })
-                    .collect()
-            }
-            None => latest,
-        }
+    let mut parts: Vec<i32> = match (a.partition, member.as_mut()) {
+        (Some(p), _) if leaders.contains_key(&p) => vec![p],
+        (Some(p), _) => bail!("{} has no partition {p}", a.topic),
+        (None, Some(m)) => m.join(&mut c)?,
+        (None, None) => leaders.keys().copied().collect(),
     };
+    let committed = match &a.group {
+        Some(group) => fetch_committed(&mut c, group)?,
+        None => BTreeMap::new(),
+    };
+    let mut next = start_offsets(&mut c, &a, &parts, &committed)?;
     let mut printed = 0usize;
     let mut last_data = Instant::now();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     'poll: loop {
+        if let Some(m) = member.as_mut() {
+            if m.last_heartbeat.elapsed() >= HEARTBEAT_EVERY && m.heartbeat(&mut c)? {
+                let _ = commit(&mut c, &a.group, Some(&*m), &a.topic, &next);
+                parts = m.join(&mut c)?;
+                let committed = fetch_committed(&mut c, &m.group)?;
+                next = start_offsets(&mut c, &a, &parts, &committed)?;
+            }
+        }
+        if parts.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+            if a.timeout_ms
+                .is_some_and(|t| last_data.elapsed() >= Duration::from_millis(t))
+            {
+                break;
+            }
+            continue;
+        }
         let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
         for p in &parts {
             by_leader.entry(leaders[p]).or_default().push(*p);
@@ -773,8 +981,8 @@ pub fn consume(g: &Global, a: ConsumeArgs) -> Result<()> {
         out.flush()?;
         if got_any {
             last_data = Instant::now();
-            if let Some(group) = &a.group {
-                commit(&mut c, group, &a.topic, &next)?;
+            if a.group.is_some() {
+                commit(&mut c, &a.group, member.as_ref(), &a.topic, &next)?;
             }
         } else if a
             .timeout_ms
@@ -784,8 +992,11 @@ pub fn consume(g: &Global, a: ConsumeArgs) -> Result<()> {
         }
     }
     out.flush()?;
-    if let Some(group) = &a.group {
-        commit(&mut c, group, &a.topic, &next)?;
+    if a.group.is_some() {
+        commit(&mut c, &a.group, member.as_ref(), &a.topic, &next)?;
+    }
+    if let Some(m) = &member {
+        m.leave(&mut c)?;
     }
     Ok(())
 }
@@ -813,8 +1024,21 @@ fn fetch_committed(c: &mut Cluster, group: &str) -> Result<BTreeMap<(String, i32
         .collect())
 }
 
-/// Commits `offsets` of `topic` for `group` outside group management (generation -1).
-fn commit(c: &mut Cluster, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) -> Result<()> {
+/// Commits `offsets` of `topic` for the group, as its member when it joined (a rebalance
+/// under way makes the commit wait for the rejoin), else outside group management.
+fn commit(
+    c: &mut Cluster,
+    group: &Option<String>,
+    member: Option<&Member>,
+    topic: &str,
+    offsets: &BTreeMap<i32, i64>,
+) -> Result<()> {
+    let Some(group) = group else {
+        return Ok(());
+    };
+    if offsets.is_empty() {
+        return Ok(());
+    }
     let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
     t.name = TopicName(s(topic));
     t.partitions = offsets
@@ -829,10 +1053,19 @@ fn commit(c: &mut Cluster, group: &str, topic: &str, offsets: &BTreeMap<i32, i64
         .collect();
     let mut req = OffsetCommitRequest::default();
     req.group_id = GroupId(s(group));
-    req.generation_id_or_member_epoch = -1;
+    req.generation_id_or_member_epoch = member.map_or(-1, |m| m.generation);
+    req.member_id = s(member.map_or("", |m| m.id.as_str()));
     req.topics = vec![t];
     let r = c.coordinator(group)?.send(&req, 8)?;
+    let rebalancing = [
+        ResponseError::RebalanceInProgress.code(),
+        ResponseError::IllegalGeneration.code(),
+        ResponseError::UnknownMemberId.code(),
+    ];
     for p in r.topics.iter().flat_map(|t| t.partitions.iter()) {
+        if member.is_some() && rebalancing.contains(&p.error_code) {
+            continue; // the next heartbeat rejoins; these offsets are committed after it
+        }
         check(
             p.error_code,
             &format!("committing {topic}-{} for {group}", p.partition_index),
@@ -962,7 +1195,7 @@ pub fn group(g: &Global, cmd: GroupCmd) -> Result<()> {
             } else {
                 bail!("give --to-earliest, --to-latest or --to-offset");
             };
-            commit(&mut c, &group, &topic, &target)?;
+            commit(&mut c, &Some(group.clone()), None, &topic, &target)?;
             match g.format {
                 Format::Json => println!(
                     "{}",

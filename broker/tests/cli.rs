@@ -203,6 +203,60 @@ fn cli_manages_topics_records_and_groups() {
     assert_eq!(d["configs"]["segment.bytes"], "1048576");
     assert!(d["configs"].get("retention.ms").is_none());
 
+    // Two `consume --group` processes share the partitions: each record printed once.
+    let (ok, _, _) = sluice(
+        &broker,
+        &["topic", "create", "shared", "--partitions", "4"],
+        None,
+    );
+    assert!(ok);
+    let lines: String = (0..40).map(|i| format!("k{i}:v{i}\n")).collect();
+    assert!(
+        sluice(
+            &broker,
+            &["produce", "shared", "--key-separator", ":"],
+            Some(&lines)
+        )
+        .0
+    );
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "consume",
+                "shared",
+                "--group",
+                "pair",
+                "--from-beginning",
+                "--timeout-ms",
+                "6000",
+            ])
+            .env("SLUICE_BOOTSTRAP", broker.addr.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (one, two) = (spawn(), spawn());
+    let (one, two) = (
+        one.wait_with_output().unwrap(),
+        two.wait_with_output().unwrap(),
+    );
+    assert!(one.status.success() && two.status.success());
+    // Both joined within the initial rebalance delay, so both got partitions.
+    assert!(
+        !one.stdout.is_empty() && !two.stdout.is_empty(),
+        "the partitions were not shared"
+    );
+    let mut seen: Vec<String> = String::from_utf8_lossy(&one.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&two.stdout).lines())
+        .map(str::to_owned)
+        .collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want, "each record exactly once across the group");
+
     let info = ok_json(&broker, &["cluster", "info"]);
     assert_eq!(info["brokers"][0]["address"], broker.addr.to_string());
 
