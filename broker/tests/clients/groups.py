@@ -48,6 +48,9 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+ALL_WORKERS = []  # every worker started, killed at exit whatever happened
+
+
 class Worker:
     def __init__(self, scenario, bootstrap, topic, group, name, dir, instance_id=None):
         self.name = name
@@ -69,6 +72,7 @@ class Worker:
                 cmd += ["--instance-id", instance_id]
         self.err = open(os.path.join(dir, f"{name}.stderr"), "a")
         self.proc = subprocess.Popen(cmd, stdout=self.err, stderr=self.err)
+        ALL_WORKERS.append(self)
 
     def status(self):
         try:
@@ -383,6 +387,9 @@ def main():
             pubsub_and_admin(broker, work)
         ok = True
     finally:
+        for w in ALL_WORKERS:
+            if w.alive():
+                w.kill()
         broker.kill()
         print(json.dumps(results))
         if ok and not args.keep:
