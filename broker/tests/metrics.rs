@@ -180,6 +180,45 @@ fn metrics_parse_and_move_with_traffic() {
         .unwrap();
     assert_eq!(m["partitions"].as_array().unwrap().len(), 2);
     assert_eq!(m["partitions"][0]["log_end_offset"], 10);
+    // A group's committed offset shows as lag in both /metrics and /v1/groups.
+    let mut t =
+        kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic::default();
+    t.name = kafka_protocol::messages::TopicName(
+        kafka_protocol::protocol::StrBytes::from_static_str("m"),
+    );
+    let mut p =
+        kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition::default();
+    p.partition_index = 0;
+    p.committed_offset = 4;
+    t.partitions = vec![p];
+    let mut req = kafka_protocol::messages::OffsetCommitRequest::default();
+    req.group_id = kafka_protocol::messages::GroupId(
+        kafka_protocol::protocol::StrBytes::from_static_str("watchers"),
+    );
+    req.generation_id_or_member_epoch = -1;
+    req.topics = vec![t];
+    assert_eq!(c.send(&req, 8).topics[0].partitions[0].error_code, 0);
+    let (_, text) = get(admin, "/metrics");
+    let samples = parse_prometheus(&text);
+    assert_eq!(
+        sample(
+            &samples,
+            "sluice_consumer_group_lag",
+            &[("group", "watchers"), ("topic", "m"), ("partition", "0")]
+        ),
+        6.0
+    );
+    let (_, groups) = get(admin, "/v1/groups");
+    let groups: serde_json::Value = serde_json::from_str(&groups).unwrap();
+    let w = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "watchers")
+        .unwrap();
+    assert_eq!(w["state"], "Empty");
+    assert_eq!(w["offsets"][0]["lag"], 6);
+
     let (_, brokers) = get(admin, "/v1/brokers");
     let brokers: serde_json::Value = serde_json::from_str(&brokers).unwrap();
     assert_eq!(brokers[0]["shards"], 2);
