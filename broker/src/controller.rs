@@ -169,13 +169,7 @@ impl Controller {
                 .collect();
         };
         let mut next = self.image.borrow().clone();
-        let mut load = vec![0usize; shard.shard_count()];
-        let shards = load.len();
-        for t in next.topics.values() {
-            for p in &t.partitions {
-                load[p.shard % shards] += 1;
-            }
-        }
+        let mut load = shard_loads(&next, shard.shard_count());
         let mut results = Vec::with_capacity(specs.len());
         for spec in specs {
             let r = self.plan_topic(&mut next, &mut load, spec);
@@ -221,16 +215,7 @@ impl Controller {
                 brokers: 1,
             });
         }
-        let mut metas = Vec::with_capacity(partitions as usize);
-        for _ in 0..partitions {
-            let (shard, _) = load
-                .iter()
-                .enumerate()
-                .min_by_key(|(i, n)| (**n, *i))
-                .expect("at least one shard");
-            load[shard] += 1;
-            metas.push(PartitionMeta { shard });
-        }
+        let metas = (0..partitions).map(|_| place(load)).collect();
         let topic = TopicMeta {
             id: random_id(),
             partitions: metas,
@@ -254,13 +239,7 @@ impl Controller {
                 .collect();
         };
         let mut next = self.image.borrow().clone();
-        let shards = shard.shard_count();
-        let mut load = vec![0usize; shards];
-        for t in next.topics.values() {
-            for p in &t.partitions {
-                load[p.shard % shards] += 1;
-            }
-        }
+        let mut load = shard_loads(&next, shard.shard_count());
         let results: Vec<Result<(), CreatePartitionsError>> = requests
             .iter()
             .map(|(name, count)| {
@@ -282,13 +261,7 @@ impl Controller {
                     return Err(CreatePartitionsError::TooMany(*count));
                 }
                 for _ in current..*count as usize {
-                    let (s, _) = load
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(i, n)| (**n, *i))
-                        .expect("at least one shard");
-                    load[s] += 1;
-                    topic.partitions.push(PartitionMeta { shard: s });
+                    topic.partitions.push(place(&mut load));
                 }
                 Ok(())
             })
@@ -413,6 +386,28 @@ impl Controller {
         }
         results
     }
+}
+
+/// Partitions per shard in `image` (placement counts them to pick the least-loaded shard).
+fn shard_loads(image: &MetadataImage, shards: usize) -> Vec<usize> {
+    let mut load = vec![0usize; shards];
+    for t in image.topics.values() {
+        for p in &t.partitions {
+            load[p.shard % shards] += 1;
+        }
+    }
+    load
+}
+
+/// Places one new partition on the shard that owns the fewest (lowest id on ties).
+fn place(load: &mut [usize]) -> PartitionMeta {
+    let (shard, _) = load
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, n)| (**n, *i))
+        .expect("at least one shard");
+    load[shard] += 1;
+    PartitionMeta { shard }
 }
 
 /// Applies one config operation to a topic's set configs, validating the result.

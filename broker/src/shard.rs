@@ -397,7 +397,6 @@ impl Shard {
         configs: &std::collections::BTreeMap<String, String>,
     ) -> storage::LogConfig {
         let mut c = crate::topic_config::log_config(&self.config, configs);
-        c.log_append_time = crate::topic_config::log_append_time(configs);
         if topic == OFFSETS_TOPIC {
             c.segment_bytes = self.config.offsets_topic_segment_bytes;
             c.preallocate_bytes = c.preallocate_bytes.min(1 << 20);

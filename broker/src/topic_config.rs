@@ -412,6 +412,7 @@ pub fn log_config(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -
     } else {
         -1
     };
+    c.log_append_time = log_append_time(overrides);
     c
 }
 
@@ -437,7 +438,7 @@ pub fn fixed_codec(
 }
 
 /// Whether the topic stamps batches with the broker's time (`LogAppendTime`).
-pub fn log_append_time(overrides: &BTreeMap<String, String>) -> bool {
+fn log_append_time(overrides: &BTreeMap<String, String>) -> bool {
     overrides
         .get("message.timestamp.type")
         .is_some_and(|v| v.trim() == "LogAppendTime")

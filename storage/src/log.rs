@@ -345,6 +345,16 @@ impl Log {
             .sum()
     }
 
+    /// Excludes other appends, rolls and segment deletions until the permit is dropped.
+    async fn lock_appends(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.append_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed {
+                path: self.dir.clone(),
+            })
+    }
+
     fn check_usable(&self, inner: &LogInner) -> Result<()> {
         if inner.closed {
             return Err(StorageError::Closed {
@@ -396,13 +406,7 @@ impl Log {
                 },
             });
         }
-        let _permit =
-            self.append_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| StorageError::Closed {
-                    path: self.dir.clone(),
-                })?;
+        let _permit = self.lock_appends().await?;
         self.check_usable(&self.inner.borrow())?;
         self.maybe_roll(total as u64, now_ms).await?;
         self.maybe_preallocate(total as u64).await?;
@@ -958,13 +962,7 @@ impl Log {
         if retention_ms < 0 && retention_bytes < 0 {
             return Ok(0);
         }
-        let _permit =
-            self.append_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| StorageError::Closed {
-                    path: self.dir.clone(),
-                })?;
+        let _permit = self.lock_appends().await?;
         let removed = {
             let mut inner = self.inner.borrow_mut();
             self.check_usable(&inner)?;
@@ -998,13 +996,7 @@ impl Log {
     /// DeleteRecords: moves the log start offset up to `offset` (-1: the high watermark),
     /// persists it, and deletes the segments wholly below it. Returns the new start.
     pub async fn delete_records(&self, offset: i64) -> Result<Offset> {
-        let _permit =
-            self.append_lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| StorageError::Closed {
-                    path: self.dir.clone(),
-                })?;
+        let _permit = self.lock_appends().await?;
         let (start, removed) = {
             let mut inner = self.inner.borrow_mut();
             self.check_usable(&inner)?;
