@@ -1,8 +1,12 @@
-//! `sluice-bench`: a Kafka-protocol throughput probe for any Kafka-compatible address.
+//! `sluice-bench`: an open-loop Kafka load generator and latency report for any
+//! Kafka-compatible bootstrap address (Kafka 2.8 or later, Redpanda, Sluice).
 //!
-//! This is the first slice of the benchmark tool: closed-loop produce and fetch throughput
-//! (MB/s) with fixed-size records. Open-loop rate control, latency histograms, workloads and
-//! charts are the benchmark issue's work.
+//! - `run`: one workload (file and/or flags) -> live progress, a table, a JSON result and
+//!   SVG charts (`run.rs`, `report.rs`).
+//! - `compare`: the same workload against two addresses in alternation, with ratios.
+//! - `limits`: the machine's direct-write (fio) and loopback TCP (iperf3) bandwidth.
+//! - `crosscore`: the cost of a shard-to-shard hop as the broker makes it.
+//! - `throughput`, `commits`: the older closed-loop probes.
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +22,17 @@ use protocol::kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
+mod chart;
+mod compare;
+mod crosscore;
+mod limits;
+mod rate;
+mod records;
+mod report;
+mod run;
+mod stats;
+mod workload;
+
 #[derive(Parser)]
 #[command(name = "sluice-bench")]
 struct Cli {
@@ -27,6 +42,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run one workload: live progress on stderr, then a table, `<out>/<name>.json` and
+    /// SVG charts.
+    Run(report::RunArgs),
+    /// Run one workload against two addresses in alternation and print the ratios.
+    Compare(compare::CompareArgs),
+    /// Measure the machine's limits: fio direct sequential write and iperf3 loopback TCP.
+    Limits(limits::LimitsArgs),
+    /// Measure a cross-core hop (the broker's invoke_on: a closure over a bounded flume
+    /// channel to another glommio executor, the answer over a one-shot channel).
+    Crosscore(crosscore::CrosscoreArgs),
     /// Produce fixed-size records as fast as acknowledgements allow, then fetch them all back.
     Throughput(Args),
     /// Commit offsets (OffsetCommit, outside group management) back to back from one
@@ -365,6 +390,10 @@ fn throughput(a: Args) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Run(a) => report::run_cmd(a),
+        Cmd::Compare(a) => compare::compare_cmd(a),
+        Cmd::Limits(a) => limits::limits_cmd(a),
+        Cmd::Crosscore(a) => crosscore::crosscore_cmd(a),
         Cmd::Throughput(a) => throughput(a),
         Cmd::Commits(a) => commits(a),
     }

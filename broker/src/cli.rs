@@ -7,21 +7,23 @@
 //! its partitions from the committed offsets and commits what it printed; `group
 //! reset-offsets` needs the group to be empty, as in Kafka.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::{Bytes, BytesMut};
 use clap::{Args, Subcommand, ValueEnum};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use kafka_protocol::ResponseError;
-use protocol::client::Connection;
+use protocol::client::cluster::{check, error_name, key_partition, s, Cluster};
+use protocol::client::member::{Member, HEARTBEAT_EVERY};
+
+/// The `client.id` the CLI's connections carry.
+const CLIENT_ID: &str = "sluice-cli";
 use serde_json::json;
 
 #[derive(Args, Clone)]
@@ -146,161 +148,10 @@ pub struct ConsumeArgs {
     pub timeout_ms: Option<u64>,
 }
 
-type Conn = Connection<TcpStream>;
-
-/// Connections to a cluster: the bootstrap broker, then whichever brokers Metadata names.
-struct Cluster {
-    bootstrap: Conn,
-    brokers: HashMap<i32, String>,
-    conns: HashMap<String, Conn>,
-}
-
-fn connect(addr: &str) -> Result<Conn> {
-    let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    Ok(Connection::new(stream, "sluice-cli"))
-}
-
-fn s(v: &str) -> StrBytes {
-    StrBytes::from_string(v.to_owned())
-}
-
-fn error_name(code: i16) -> String {
-    match ResponseError::try_from_code(code) {
-        Some(e) => format!("{e:?}"),
-        None => format!("error {code}"),
-    }
-}
-
-fn check(code: i16, what: &str) -> Result<()> {
-    if code != 0 {
-        bail!("{what}: {}", error_name(code));
-    }
-    Ok(())
-}
-
 fn key_value(kv: &str) -> Result<(String, String)> {
     kv.split_once('=')
         .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
         .ok_or_else(|| anyhow!("{kv}: expected KEY=VALUE"))
-}
-
-impl Cluster {
-    fn connect(bootstrap: &str) -> Result<Cluster> {
-        Ok(Cluster {
-            bootstrap: connect(bootstrap)?,
-            brokers: HashMap::new(),
-            conns: HashMap::new(),
-        })
-    }
-
-    fn send<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response> {
-        self.bootstrap.send(req, version)
-    }
-
-    fn metadata(&mut self, topics: Option<&[String]>) -> Result<MetadataResponse> {
-        let mut req = MetadataRequest::default();
-        req.topics = topics.map(|ts| {
-            ts.iter()
-                .map(|t| {
-                    let mut m = metadata_request::MetadataRequestTopic::default();
-                    m.name = Some(TopicName(s(t)));
-                    m
-                })
-                .collect()
-        });
-        req.allow_auto_topic_creation = false;
-        let resp = self.send(&req, 12)?;
-        for b in &resp.brokers {
-            self.brokers
-                .insert(b.node_id.0, format!("{}:{}", b.host.as_str(), b.port));
-        }
-        Ok(resp)
-    }
-
-    fn node(&mut self, node: i32) -> Result<&mut Conn> {
-        let addr = self
-            .brokers
-            .get(&node)
-            .cloned()
-            .ok_or_else(|| anyhow!("broker {node} is not in the metadata"))?;
-        if !self.conns.contains_key(&addr) {
-            let c = connect(&addr)?;
-            self.conns.insert(addr.clone(), c);
-        }
-        Ok(self.conns.get_mut(&addr).expect("inserted"))
-    }
-
-    /// Partition -> leader of `topic`.
-    fn leaders(&mut self, topic: &str) -> Result<BTreeMap<i32, i32>> {
-        let md = self.metadata(Some(&[topic.to_owned()]))?;
-        let t = md.topics.first().ok_or_else(|| anyhow!("no metadata"))?;
-        check(t.error_code, &format!("topic {topic}"))?;
-        Ok(t.partitions
-            .iter()
-            .map(|p| (p.partition_index, p.leader_id.0))
-            .collect())
-    }
-
-    fn coordinator(&mut self, group: &str) -> Result<&mut Conn> {
-        let mut req = FindCoordinatorRequest::default();
-        req.key = s(group);
-        let mut last = 0;
-        for _ in 0..20 {
-            let r = self.send(&req, 3)?;
-            if r.error_code == 0 {
-                let addr = format!("{}:{}", r.host.as_str(), r.port);
-                if !self.conns.contains_key(&addr) {
-                    let c = connect(&addr)?;
-                    self.conns.insert(addr.clone(), c);
-                }
-                return Ok(self.conns.get_mut(&addr).expect("inserted"));
-            }
-            last = r.error_code;
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bail!("no coordinator for group {group}: {}", error_name(last))
-    }
-
-    /// One ListOffsets query (`-1` latest, `-2` earliest, or a timestamp) per partition.
-    fn list_offsets(
-        &mut self,
-        topic: &str,
-        query: &BTreeMap<i32, i64>,
-    ) -> Result<BTreeMap<i32, i64>> {
-        let leaders = self.leaders(topic)?;
-        let mut by_leader: BTreeMap<i32, Vec<(i32, i64)>> = BTreeMap::new();
-        for (p, ts) in query {
-            let leader = *leaders
-                .get(p)
-                .ok_or_else(|| anyhow!("{topic} has no partition {p}"))?;
-            by_leader.entry(leader).or_default().push((*p, *ts));
-        }
-        let mut out = BTreeMap::new();
-        for (leader, parts) in by_leader {
-            let mut t = list_offsets_request::ListOffsetsTopic::default();
-            t.name = TopicName(s(topic));
-            t.partitions = parts
-                .iter()
-                .map(|(p, ts)| {
-                    let mut x = list_offsets_request::ListOffsetsPartition::default();
-                    x.partition_index = *p;
-                    x.timestamp = *ts;
-                    x
-                })
-                .collect();
-            let mut req = ListOffsetsRequest::default();
-            req.replica_id = BrokerId(-1);
-            req.topics = vec![t];
-            let r = self.node(leader)?.send(&req, 6)?;
-            for p in r.topics.iter().flat_map(|t| t.partitions.iter()) {
-                check(p.error_code, &format!("{topic}-{}", p.partition_index))?;
-                out.insert(p.partition_index, p.offset);
-            }
-        }
-        Ok(out)
-    }
 }
 
 fn print_table(headers: &[&str], rows: &[Vec<String>]) {
@@ -325,7 +176,7 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn topic(g: &Global, cmd: TopicCmd) -> Result<()> {
-    let mut c = Cluster::connect(&g.bootstrap)?;
+    let mut c = Cluster::connect(&g.bootstrap, CLIENT_ID)?;
     match cmd {
         TopicCmd::Create {
             name,
@@ -501,44 +352,11 @@ pub fn topic(g: &Global, cmd: TopicCmd) -> Result<()> {
     Ok(())
 }
 
-/// Kafka's murmur2 (the Java client's default partitioner for keyed records).
-fn murmur2(data: &[u8]) -> i32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M) ^ k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= (rest[2] as u32) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= (rest[1] as u32) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= rest[0] as u32;
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
-}
-
-fn key_partition(key: &[u8], partitions: i32) -> i32 {
-    (murmur2(key) & 0x7fff_ffff) % partitions
-}
-
 /// Lines of stdin written as records, batched per partition (up to this many per request).
 const PRODUCE_BATCH_RECORDS: usize = 500;
 
 pub fn produce(g: &Global, a: ProduceArgs) -> Result<()> {
-    let mut c = Cluster::connect(&g.bootstrap)?;
+    let mut c = Cluster::connect(&g.bootstrap, CLIENT_ID)?;
     let leaders = c.leaders(&a.topic)?;
     let partitions = leaders.len() as i32;
     let headers: Vec<(String, String)> = a
@@ -685,187 +503,13 @@ fn start_offsets(
         .collect())
 }
 
-/// Session timeout of the CLI's group membership; it heartbeats every [`HEARTBEAT_EVERY`].
-const SESSION_TIMEOUT_MS: i32 = 10_000;
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-
-/// Membership of a consumer group (the classic protocol, the range assignor when leading).
-struct Member {
-    group: String,
-    topic: String,
-    id: String,
-    generation: i32,
-    last_heartbeat: Instant,
-}
-
-impl Member {
-    /// Joins (or rejoins) and returns this member's partitions of the topic.
-    fn join(&mut self, c: &mut Cluster) -> Result<Vec<i32>> {
-        use kafka_protocol::protocol::{Decodable, Encodable};
-        let mut sub = ConsumerProtocolSubscription::default();
-        sub.topics = vec![s(&self.topic)];
-        sub.user_data = None;
-        let mut meta = BytesMut::new();
-        meta.extend_from_slice(&0i16.to_be_bytes());
-        sub.encode(&mut meta, 0)?;
-        let meta = meta.freeze();
-        let joined = loop {
-            let mut p = join_group_request::JoinGroupRequestProtocol::default();
-            p.name = s("range");
-            p.metadata = meta.clone();
-            let mut req = JoinGroupRequest::default();
-            req.group_id = GroupId(s(&self.group));
-            req.session_timeout_ms = SESSION_TIMEOUT_MS;
-            req.rebalance_timeout_ms = 60_000;
-            req.member_id = s(&self.id);
-            req.protocol_type = s("consumer");
-            req.protocols = vec![p];
-            let r = c.coordinator(&self.group)?.send(&req, 5)?;
-            if r.error_code == ResponseError::MemberIdRequired.code() {
-                self.id = r.member_id.to_string();
-                continue;
-            }
-            if r.error_code == ResponseError::UnknownMemberId.code() {
-                self.id.clear();
-                continue;
-            }
-            check(r.error_code, &format!("joining {}", self.group))?;
-            break r;
-        };
-        self.id = joined.member_id.to_string();
-        self.generation = joined.generation_id;
-        let mut assignments = Vec::new();
-        if joined.leader == joined.member_id {
-            // Range assignment of every subscribed topic among its subscribers.
-            let mut subscribers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for m in &joined.members {
-                let mut b = m.metadata.clone();
-                if b.len() < 2 {
-                    continue;
-                }
-                let version = i16::from_be_bytes([b[0], b[1]]);
-                let _ = b.split_to(2);
-                let Ok(sub) = ConsumerProtocolSubscription::decode(&mut b, version.clamp(0, 3))
-                else {
-                    continue;
-                };
-                for t in sub.topics {
-                    subscribers
-                        .entry(t.to_string())
-                        .or_default()
-                        .push(m.member_id.to_string());
-                }
-            }
-            let mut plan: BTreeMap<String, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
-            for (topic, mut members) in subscribers {
-                members.sort();
-                let n = c.leaders(&topic).map(|l| l.len()).unwrap_or(0);
-                let per = n / members.len();
-                let extra = n % members.len();
-                for (i, m) in members.iter().enumerate() {
-                    let start = i * per + i.min(extra);
-                    let len = per + usize::from(i < extra);
-                    plan.entry(m.clone()).or_default().insert(
-                        topic.clone(),
-                        (start..start + len).map(|p| p as i32).collect(),
-                    );
-                }
-            }
-            for m in &joined.members {
-                let mut asg = ConsumerProtocolAssignment::default();
-                asg.assigned_partitions = plan
-                    .get(m.member_id.as_str())
-                    .map(|topics| {
-                        topics
-                            .iter()
-                            .map(|(t, ps)| {
-                                let mut tp =
-                                    consumer_protocol_assignment::TopicPartition::default();
-                                tp.topic = TopicName(s(t));
-                                tp.partitions = ps.clone();
-                                tp
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let mut b = BytesMut::new();
-                b.extend_from_slice(&0i16.to_be_bytes());
-                asg.encode(&mut b, 0)?;
-                let mut x = sync_group_request::SyncGroupRequestAssignment::default();
-                x.member_id = m.member_id.clone();
-                x.assignment = b.freeze();
-                assignments.push(x);
-            }
-        }
-        let mut req = SyncGroupRequest::default();
-        req.group_id = GroupId(s(&self.group));
-        req.generation_id = self.generation;
-        req.member_id = s(&self.id);
-        req.assignments = assignments;
-        let r = c.coordinator(&self.group)?.send(&req, 3)?;
-        if r.error_code == ResponseError::RebalanceInProgress.code() {
-            return self.join(c);
-        }
-        check(r.error_code, &format!("syncing {}", self.group))?;
-        self.last_heartbeat = Instant::now();
-        let mut b = r.assignment;
-        if b.len() < 2 {
-            return Ok(Vec::new());
-        }
-        let version = i16::from_be_bytes([b[0], b[1]]);
-        let _ = b.split_to(2);
-        let asg = ConsumerProtocolAssignment::decode(&mut b, version.clamp(0, 3))?;
-        Ok(asg
-            .assigned_partitions
-            .into_iter()
-            .filter(|tp| tp.topic.0.as_str() == self.topic)
-            .flat_map(|tp| tp.partitions)
-            .collect())
-    }
-
-    /// Whether the group wants this member to rejoin.
-    fn heartbeat(&mut self, c: &mut Cluster) -> Result<bool> {
-        self.last_heartbeat = Instant::now();
-        let mut req = HeartbeatRequest::default();
-        req.group_id = GroupId(s(&self.group));
-        req.generation_id = self.generation;
-        req.member_id = s(&self.id);
-        let r = c.coordinator(&self.group)?.send(&req, 3)?;
-        match ResponseError::try_from_code(r.error_code) {
-            None => Ok(false),
-            Some(ResponseError::RebalanceInProgress | ResponseError::IllegalGeneration) => Ok(true),
-            Some(ResponseError::UnknownMemberId) => {
-                self.id.clear();
-                Ok(true)
-            }
-            Some(e) => bail!("heartbeat in {}: {e:?}", self.group),
-        }
-    }
-
-    fn leave(&self, c: &mut Cluster) -> Result<()> {
-        let mut m = leave_group_request::MemberIdentity::default();
-        m.member_id = s(&self.id);
-        let mut req = LeaveGroupRequest::default();
-        req.group_id = GroupId(s(&self.group));
-        req.members = vec![m];
-        c.coordinator(&self.group)?.send(&req, 3)?;
-        Ok(())
-    }
-}
-
 pub fn consume(g: &Global, a: ConsumeArgs) -> Result<()> {
-    let mut c = Cluster::connect(&g.bootstrap)?;
+    let mut c = Cluster::connect(&g.bootstrap, CLIENT_ID)?;
     let leaders = c.leaders(&a.topic)?;
     // With --group (and no --partition) this joins the group: partitions are shared among
     // its members and reassigned as they come and go.
     let mut member = match (&a.group, a.partition) {
-        (Some(group), None) => Some(Member {
-            group: group.clone(),
-            topic: a.topic.clone(),
-            id: String::new(),
-            generation: -1,
-            last_heartbeat: Instant::now(),
-        }),
+        (Some(group), None) => Some(Member::new(group, &a.topic)),
         _ => None,
     };
     let mut parts: Vec<i32> = match (a.partition, member.as_mut()) {
@@ -1075,7 +719,7 @@ fn commit(
 }
 
 pub fn group(g: &Global, cmd: GroupCmd) -> Result<()> {
-    let mut c = Cluster::connect(&g.bootstrap)?;
+    let mut c = Cluster::connect(&g.bootstrap, CLIENT_ID)?;
     match cmd {
         GroupCmd::List => {
             let r = c.send(&ListGroupsRequest::default(), 4)?;
@@ -1213,7 +857,7 @@ pub fn group(g: &Global, cmd: GroupCmd) -> Result<()> {
 }
 
 pub fn cluster(g: &Global, cmd: ClusterCmd) -> Result<()> {
-    let mut c = Cluster::connect(&g.bootstrap)?;
+    let mut c = Cluster::connect(&g.bootstrap, CLIENT_ID)?;
     match cmd {
         ClusterCmd::Info => {
             let md = c.metadata(Some(&[]))?;
@@ -1249,27 +893,4 @@ pub fn cluster(g: &Global, cmd: ClusterCmd) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_kafkas_partitioner() {
-        // Values from Kafka's UtilsTest (murmur2 of these strings).
-        assert_eq!(murmur2(b"21"), -973932308);
-        assert_eq!(murmur2(b"foobar"), -790332482);
-        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
-            -58897971
-        );
-        assert_eq!(murmur2(b"abc"), 479470107);
-        assert_eq!(
-            key_partition(b"foobar", 8),
-            (-790332482i32 & 0x7fff_ffff) % 8
-        );
-    }
 }
