@@ -46,6 +46,8 @@ pub struct WorkloadArgs {
     #[arg(long)]
     pub max_in_flight: Option<usize>,
     #[arg(long)]
+    pub buffer_bytes: Option<usize>,
+    #[arg(long)]
     pub warmup_secs: Option<f64>,
     #[arg(long)]
     pub duration_secs: Option<f64>,
@@ -76,6 +78,7 @@ impl WorkloadArgs {
             linger_ms,
             batch_bytes,
             max_in_flight,
+            buffer_bytes,
             warmup_secs,
             duration_secs,
             catch_up_read

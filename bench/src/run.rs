@@ -6,7 +6,7 @@
 //! queue (`max_in_flight`); each consumer is one thread fetching from partition leaders. The
 //! calling thread prints a progress line every second and collects the interval histograms.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -470,12 +470,16 @@ struct InFlight {
     bytes: u64,
 }
 
-/// A producer's connection to one broker: requests are written here, responses read by a
-/// reader thread in order.
+/// A producer's connection to one broker: requests are written here, responses read in
+/// order by a reader thread. A request needs a permit; the reader returns one per response,
+/// so at most `max_in_flight` requests are outstanding (none are needed with acks=0).
 struct NodeLink {
     stream: TcpStream,
     in_flight: Option<flume::Sender<InFlight>>,
+    permits: Option<flume::Receiver<()>>,
     reader: Option<JoinHandle<Result<()>>>,
+    /// Permits taken from `permits` but not used yet.
+    held: usize,
     correlation: i32,
 }
 
@@ -483,46 +487,74 @@ impl NodeLink {
     fn open(sh: &Arc<Shared>, addr: &str, rec: &Recorder) -> Result<NodeLink> {
         let stream = TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
         stream.set_nodelay(true)?;
-        let (reader, in_flight) = if sh.w.acks == 0 {
-            (None, None)
-        } else {
-            let (tx, rx) = flume::bounded::<InFlight>(sh.w.max_in_flight);
-            let mut read = stream.try_clone()?;
-            let (sh, rec) = (sh.clone(), rec.clone());
-            let h = std::thread::spawn(move || -> Result<()> {
-                while let Ok(f) = rx.recv() {
-                    let body = read_frame(&mut read)?;
-                    let resp =
-                        decode_response::<ProduceRequest>(body, PRODUCE_VERSION, f.correlation)?;
-                    let done = Instant::now();
-                    let mut failed = false;
-                    for p in resp
-                        .responses
-                        .iter()
-                        .flat_map(|t| t.partition_responses.iter())
-                    {
-                        if p.error_code != 0 {
-                            sh.error(p.error_code);
-                            failed = true;
-                        }
-                    }
-                    if !failed {
-                        rec.record_all(f.intended.iter().map(|t| latency_us(*t, done)));
-                        sh.produced_records
-                            .fetch_add(f.intended.len() as u64, Ordering::Relaxed);
-                        sh.produced_bytes.fetch_add(f.bytes, Ordering::Relaxed);
+        if sh.w.acks == 0 {
+            return Ok(NodeLink {
+                stream,
+                in_flight: None,
+                permits: None,
+                reader: None,
+                held: 0,
+                correlation: 0,
+            });
+        }
+        let (tx, rx) = flume::bounded::<InFlight>(sh.w.max_in_flight);
+        let (permit_tx, permit_rx) = flume::bounded::<()>(sh.w.max_in_flight);
+        for _ in 0..sh.w.max_in_flight {
+            permit_tx.send(()).expect("capacity");
+        }
+        let mut read = stream.try_clone()?;
+        let (sh, rec) = (sh.clone(), rec.clone());
+        let reader = std::thread::spawn(move || -> Result<()> {
+            while let Ok(f) = rx.recv() {
+                let body = read_frame(&mut read)?;
+                let resp = decode_response::<ProduceRequest>(body, PRODUCE_VERSION, f.correlation)?;
+                let done = Instant::now();
+                let _ = permit_tx.send(());
+                let mut failed = false;
+                for p in resp
+                    .responses
+                    .iter()
+                    .flat_map(|t| t.partition_responses.iter())
+                {
+                    if p.error_code != 0 {
+                        sh.error(p.error_code);
+                        failed = true;
                     }
                 }
-                Ok(())
-            });
-            (Some(h), Some(tx))
-        };
+                if !failed {
+                    rec.record_all(f.intended.iter().map(|t| latency_us(*t, done)));
+                    sh.produced_records
+                        .fetch_add(f.intended.len() as u64, Ordering::Relaxed);
+                    sh.produced_bytes.fetch_add(f.bytes, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        });
         Ok(NodeLink {
             stream,
-            in_flight,
-            reader,
+            in_flight: Some(tx),
+            permits: Some(permit_rx),
+            reader: Some(reader),
+            held: 0,
             correlation: 0,
         })
+    }
+
+    /// Takes a permit to send, waiting until `deadline` at most.
+    fn permit(&mut self, deadline: Instant) -> bool {
+        if self.held > 0 {
+            self.held -= 1;
+            return true;
+        }
+        match &self.permits {
+            None => true,
+            Some(p) => p.recv_deadline(deadline).is_ok(),
+        }
+    }
+
+    /// Keeps a permit that was taken but not used for the next request.
+    fn give_back(&mut self) {
+        self.held += 1;
     }
 
     /// Waits for every response and stops the reader.
@@ -536,88 +568,202 @@ impl NodeLink {
     }
 }
 
+/// A producer's unsent records: one open batch per partition, and the batches that filled
+/// up (sealed) waiting for a request, oldest first.
+#[derive(Default)]
+struct Accumulator {
+    open: Vec<Pending>,
+    sealed: VecDeque<(usize, Pending)>,
+    /// Value bytes of every unsent record.
+    bytes: usize,
+}
+
+impl Accumulator {
+    fn new(partitions: usize) -> Accumulator {
+        Accumulator {
+            open: (0..partitions).map(|_| Pending::default()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a record to partition `at`'s open batch; true when that sealed the batch.
+    fn push(
+        &mut self,
+        at: usize,
+        rec: Rec,
+        intended: Instant,
+        now: Instant,
+        batch_bytes: usize,
+    ) -> bool {
+        let p = &mut self.open[at];
+        p.since.get_or_insert(now);
+        p.bytes += rec.value_len;
+        self.bytes += rec.value_len;
+        p.records.push(rec);
+        p.intended.push(intended);
+        if p.bytes >= batch_bytes {
+            let full = std::mem::take(p);
+            self.sealed.push_back((at, full));
+            return true;
+        }
+        false
+    }
+
+    /// Leaders that have a batch to send now: a sealed one, or an open one that lingered.
+    fn ready_nodes(&self, sh: &Shared, now: Instant, linger: Duration) -> Vec<i32> {
+        let mut nodes: Vec<i32> = self
+            .sealed
+            .iter()
+            .map(|(i, _)| sh.partitions[*i].2)
+            .chain(self.open.iter().enumerate().filter_map(|(i, p)| {
+                p.since
+                    .is_some_and(|s| now >= s + linger)
+                    .then_some(sh.partitions[i].2)
+            }))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    /// The batches of one request to `node`: at most one per partition (Kafka's rule for
+    /// Produce v3+), sealed ones first, then open ones that lingered, never overtaking an
+    /// older batch of the same partition.
+    fn take_ready(
+        &mut self,
+        sh: &Shared,
+        node: i32,
+        now: Instant,
+        linger: Duration,
+    ) -> Vec<(usize, Pending)> {
+        let mut out: Vec<(usize, Pending)> = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.sealed.len());
+        let mut blocked = std::collections::HashSet::new();
+        while let Some((i, p)) = self.sealed.pop_front() {
+            if sh.partitions[i].2 == node && !blocked.contains(&i) {
+                blocked.insert(i);
+                out.push((i, p));
+            } else {
+                blocked.insert(i);
+                kept.push_back((i, p));
+            }
+        }
+        self.sealed = kept;
+        for (i, p) in self.open.iter_mut().enumerate() {
+            let lingered = p.since.is_some_and(|s| now >= s + linger);
+            if lingered && sh.partitions[i].2 == node && !blocked.contains(&i) {
+                out.push((i, std::mem::take(p)));
+            }
+        }
+        self.bytes -= out.iter().map(|(_, p)| p.bytes).sum::<usize>();
+        out
+    }
+
+    /// When the oldest open batch's linger ends.
+    fn next_linger(&self, linger: Duration) -> Option<Instant> {
+        self.open
+            .iter()
+            .filter_map(|p| p.since)
+            .min()
+            .map(|s| s + linger)
+    }
+}
+
 fn producer(sh: &Arc<Shared>, index: usize, start: Instant, rec: &Recorder) -> Result<()> {
     let w = &sh.w;
     let mut rng = StdRng::seed_from_u64(1000 + index as u64);
     let mut schedule = Schedule::new(start, w.rate as f64 / w.producers.max(1) as f64);
     let linger = Duration::from_secs_f64(w.linger_ms / 1000.0);
     let n = sh.partitions.len();
-    // Partition index within a topic -> position in `sh.partitions`.
     let topics = w.topic_names();
-    let mut pending: Vec<Pending> = (0..n).map(|_| Pending::default()).collect();
+    let mut acc = Accumulator::new(n);
     let mut sticky = rng.gen_range(0..n);
     let mut links: HashMap<i32, NodeLink> = HashMap::new();
     let mut cluster = Cluster::connect(&sh.bootstrap, CLIENT_ID)?;
     cluster.metadata(None)?;
     while !sh.stop_producers.load(Ordering::Relaxed) {
+        // Generate the records due by now (as fast as possible: until a batch fills), as
+        // long as the buffer has room (buffer_bytes; beyond it the producer waits for
+        // acknowledgements, as Kafka's does at buffer.memory).
         let now = Instant::now();
-        let mut ready = false;
         let mut generated = 0;
-        while let Some(intended) = schedule.take_due(now) {
+        while acc.bytes < w.buffer_bytes {
+            let Some(intended) = schedule.take_due(now) else {
+                break;
+            };
             let value_len = w.record_size.sample(w.record_bytes, &mut rng);
-            let key = w.keys.sample(&mut rng);
+            let key = w.keys.sample(&mut rng).map(key_bytes);
             let topic = rng.gen_range(0..topics.len());
-            let at = match key {
-                Some(k) => {
-                    let key = key_bytes(k);
-                    topic * w.partitions as usize + key_partition(&key, w.partitions) as usize
-                }
+            let at = match &key {
+                Some(k) => topic * w.partitions as usize + key_partition(k, w.partitions) as usize,
                 None => sticky,
             };
-            let p = &mut pending[at];
-            p.since.get_or_insert(now);
-            p.records.push(Rec {
-                key: key.map(key_bytes),
+            let record = Rec {
+                key,
                 value_at: rng.gen_range(0..PAYLOAD_POOL_BYTES),
                 value_len,
                 sent_ns: sh.unix_ns(intended),
-            });
-            p.intended.push(intended);
-            p.bytes += value_len;
-            if p.bytes >= w.batch_bytes {
-                ready = true;
-            }
+            };
+            let sealed = acc.push(at, record, intended, now, w.batch_bytes);
             generated += 1;
-            if (ready && !schedule.is_open_loop()) || generated >= MAX_RECORDS_PER_WAKE {
+            if sealed && at == sticky {
+                // Kafka's sticky partitioner moves on when a batch is complete.
+                sticky = rng.gen_range(0..n);
+            }
+            if (sealed && !schedule.is_open_loop()) || generated >= MAX_RECORDS_PER_WAKE {
                 break;
             }
         }
-        // Ready batches: full ones, and those that lingered long enough.
+        // Send each broker's ready batches in one request, when a permit is free; with
+        // nothing else to do, wait for a permit until the next record or linger is due.
         let now = Instant::now();
-        let mut by_node: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        for (i, p) in pending.iter().enumerate() {
-            let due = p.bytes >= w.batch_bytes || p.since.is_some_and(|s| now >= s + linger);
-            if !p.records.is_empty() && due {
-                by_node.entry(sh.partitions[i].2).or_default().push(i);
-            }
+        let mut wake = schedule.next_at(now);
+        if let Some(l) = acc.next_linger(linger) {
+            wake = wake.min(l);
         }
-        if by_node.values().flatten().any(|i| *i == sticky) {
-            sticky = rng.gen_range(0..n);
-        }
-        for (node, parts) in by_node {
-            let link = match links.entry(node) {
+        let buffer_full = acc.bytes >= w.buffer_bytes;
+        let wake = if buffer_full {
+            now + Duration::from_millis(50)
+        } else {
+            wake
+        };
+        let wake = wake.min(now + Duration::from_millis(50));
+        let nodes = acc.ready_nodes(sh, now, linger);
+        let mut sent = false;
+        for (k, node) in nodes.iter().enumerate() {
+            let link = match links.entry(*node) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     let addr = cluster
                         .brokers
-                        .get(&node)
+                        .get(node)
                         .cloned()
                         .ok_or_else(|| anyhow!("broker {node} is not in the metadata"))?;
                     e.insert(NodeLink::open(sh, &addr, rec)?)
                 }
             };
-            send_request(sh, link, &parts, &mut pending, rec)?;
-        }
-        // Sleep until the next record is due or a batch's linger ends.
-        let now = Instant::now();
-        let mut wake = schedule.next_at(now);
-        for p in &pending {
-            if let Some(s) = p.since {
-                wake = wake.min(s + linger);
+            // Only the last node may wait (and only when nothing was sent this round).
+            let deadline = if k + 1 == nodes.len() && !sent {
+                wake
+            } else {
+                now
+            };
+            if link.permit(deadline) {
+                let batches = acc.take_ready(sh, *node, Instant::now(), linger);
+                if batches.iter().any(|(i, _)| *i == sticky) {
+                    sticky = rng.gen_range(0..n);
+                }
+                if batches.is_empty() {
+                    link.give_back();
+                } else {
+                    send_request(sh, link, batches, rec)?;
+                    sent = true;
+                }
             }
         }
-        if wake > now {
-            std::thread::sleep((wake - now).min(Duration::from_millis(50)));
+        let now = Instant::now();
+        if nodes.is_empty() && wake > now {
+            std::thread::sleep(wake - now);
         }
     }
     for (_, link) in links {
@@ -626,28 +772,27 @@ fn producer(sh: &Arc<Shared>, index: usize, start: Instant, rec: &Recorder) -> R
     Ok(())
 }
 
+/// Sends `batches` as one Produce request; returns their value bytes.
 fn send_request(
     sh: &Shared,
     link: &mut NodeLink,
-    parts: &[usize],
-    pending: &mut [Pending],
+    batches: Vec<(usize, Pending)>,
     rec: &Recorder,
-) -> Result<()> {
+) -> Result<usize> {
     let w = &sh.w;
     let timestamp_ms = sh.now_unix_ns() / 1_000_000;
     let mut topics: BTreeMap<&str, Vec<produce_request::PartitionProduceData>> = BTreeMap::new();
     let mut intended = Vec::new();
-    let mut bytes = 0u64;
-    for i in parts {
-        let p = std::mem::take(&mut pending[*i]);
+    let mut bytes = 0usize;
+    for (i, p) in batches {
         let batch = encode_batch(&p.records, &sh.payload, w.compression, timestamp_ms)?;
-        let (topic, partition, _) = &sh.partitions[*i];
+        let (topic, partition, _) = &sh.partitions[i];
         let mut pd = produce_request::PartitionProduceData::default();
         pd.index = *partition;
         pd.records = Some(batch);
         topics.entry(topic.as_str()).or_default().push(pd);
         intended.extend(p.intended);
-        bytes += p.bytes as u64;
+        bytes += p.bytes;
     }
     let mut req = ProduceRequest::default();
     req.acks = w.acks;
@@ -670,11 +815,11 @@ fn send_request(
     )?;
     match &link.in_flight {
         Some(tx) => {
-            // Blocks while max_in_flight requests await their responses: back-pressure.
+            // Never blocks: the caller holds one of max_in_flight permits.
             tx.send(InFlight {
                 correlation: link.correlation,
                 intended,
-                bytes,
+                bytes: bytes as u64,
             })
             .map_err(|_| anyhow!("the response reader stopped"))?;
             link.stream.write_all(&frame).context("sending produce")?;
@@ -685,10 +830,10 @@ fn send_request(
             rec.record_all(intended.iter().map(|t| latency_us(*t, done)));
             sh.produced_records
                 .fetch_add(intended.len() as u64, Ordering::Relaxed);
-            sh.produced_bytes.fetch_add(bytes, Ordering::Relaxed);
+            sh.produced_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// The latest (`-1`) or earliest (`-2`) offset of each of `parts` (positions in

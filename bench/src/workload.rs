@@ -41,6 +41,9 @@ pub struct Workload {
     /// Produce requests in flight per producer connection (Kafka's
     /// max.in.flight.requests.per.connection).
     pub max_in_flight: usize,
+    /// Record bytes a producer holds unsent before it waits for acknowledgements (Kafka's
+    /// buffer.memory).
+    pub buffer_bytes: usize,
     /// Seconds of load before measuring starts.
     pub warmup_secs: f64,
     /// Seconds measured.
@@ -69,6 +72,7 @@ impl Default for Workload {
             linger_ms: 1.0,
             batch_bytes: 128 * 1024,
             max_in_flight: 5,
+            buffer_bytes: 32 << 20,
             warmup_secs: 5.0,
             duration_secs: 30.0,
             catch_up_read: false,
@@ -172,8 +176,11 @@ impl Workload {
         if ![-1, 0, 1].contains(&self.acks) {
             bail!("acks must be -1, 0 or 1");
         }
-        if self.batch_bytes == 0 || self.max_in_flight == 0 {
-            bail!("batch_bytes and max_in_flight must be positive");
+        if self.batch_bytes == 0 || self.max_in_flight == 0 || self.buffer_bytes == 0 {
+            bail!("batch_bytes, max_in_flight and buffer_bytes must be positive");
+        }
+        if self.buffer_bytes < self.batch_bytes {
+            bail!("buffer_bytes must hold at least one batch (batch_bytes)");
         }
         if !(self.linger_ms >= 0.0 && self.linger_ms.is_finite()) {
             bail!("linger_ms must be a finite number >= 0");
