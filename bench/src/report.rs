@@ -53,6 +53,8 @@ pub struct WorkloadArgs {
     pub duration_secs: Option<f64>,
     #[arg(long)]
     pub catch_up_read: Option<bool>,
+    #[arg(long)]
+    pub delete_topics: Option<bool>,
 }
 
 impl WorkloadArgs {
@@ -81,7 +83,8 @@ impl WorkloadArgs {
             buffer_bytes,
             warmup_secs,
             duration_secs,
-            catch_up_read
+            catch_up_read,
+            delete_topics
         );
         if self.consumer_group.is_some() {
             w.consumer_group = self.consumer_group.clone();

@@ -160,6 +160,16 @@ fn prepare_topics(c: &mut Cluster, w: &Workload) -> Result<Vec<(String, i32, i32
             ct.name = TopicName(s(t));
             ct.num_partitions = w.partitions;
             ct.replication_factor = -1; // the broker's default
+            ct.configs = w
+                .topic_configs
+                .iter()
+                .map(|(k, v)| {
+                    let mut c = create_topics_request::CreatableTopicConfig::default();
+                    c.name = s(k);
+                    c.value = Some(s(v));
+                    c
+                })
+                .collect();
             ct
         })
         .collect();
@@ -203,6 +213,23 @@ fn prepare_topics(c: &mut Cluster, w: &Workload) -> Result<Vec<(String, i32, i32
         }
     }
     Ok(out)
+}
+
+fn delete_topics(c: &mut Cluster, w: &Workload) -> Result<()> {
+    let mut req = DeleteTopicsRequest::default();
+    req.topic_names = w.topic_names().iter().map(|t| TopicName(s(t))).collect();
+    req.timeout_ms = 30_000;
+    let resp = c.send(&req, 4)?;
+    for r in &resp.responses {
+        if r.error_code != 0 {
+            eprintln!(
+                "note: deleting {}: {}",
+                r.name.as_ref().map_or("?", |n| n.0.as_str()),
+                error_name(r.error_code)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A payload pool of lowercase text: it compresses roughly as log lines or JSON do (about
@@ -409,6 +436,9 @@ pub fn run(w: &Workload, target: &Target) -> Result<RunResult> {
     } else {
         None
     };
+    if w.delete_topics {
+        delete_topics(&mut cluster, w)?;
+    }
     let (mut ph, mut eh) = (new_histogram(), new_histogram());
     produce.iter().for_each(|r| r.add_total(&mut ph));
     e2e.iter().for_each(|r| r.add_total(&mut eh));
@@ -1112,4 +1142,89 @@ pub fn table(r: &RunResult) -> String {
         out += &format!("errors: {:?}\n", r.errors);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(partitions: Vec<(String, i32, i32)>) -> Shared {
+        Shared {
+            w: Workload::default(),
+            bootstrap: String::new(),
+            partitions,
+            payload: Vec::new(),
+            anchor: Instant::now(),
+            anchor_unix_ns: 0,
+            stop_producers: AtomicBool::new(false),
+            stop_consumers: AtomicBool::new(false),
+            produced_records: AtomicU64::new(0),
+            produced_bytes: AtomicU64::new(0),
+            consumed_records: AtomicU64::new(0),
+            consumed_bytes: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn rec(len: usize, sent_ns: i64) -> Rec {
+        Rec {
+            key: None,
+            value_at: 0,
+            value_len: len,
+            sent_ns,
+        }
+    }
+
+    #[test]
+    fn requests_carry_one_batch_per_partition_in_order() {
+        // Partitions 0 and 1 on node 7, partition 2 on node 8.
+        let sh = shared(vec![
+            ("t".into(), 0, 7),
+            ("t".into(), 1, 7),
+            ("t".into(), 2, 8),
+        ]);
+        let mut acc = Accumulator::new(3);
+        let t0 = Instant::now();
+        let linger = Duration::from_millis(5);
+        // Partition 0 fills two batches (100 bytes each), then starts a third.
+        for i in 0..5 {
+            acc.push(0, rec(50, i), t0, t0, 100);
+        }
+        acc.push(1, rec(10, 100), t0, t0, 100);
+        acc.push(2, rec(10, 200), t0, t0, 100);
+        assert_eq!(acc.bytes, 270);
+        // Before the linger ends only node 7 has something to send: its sealed batches.
+        assert_eq!(acc.ready_nodes(&sh, t0, linger), vec![7]);
+        let first = acc.take_ready(&sh, 7, t0, linger);
+        assert_eq!(first.len(), 1, "one batch per partition per request");
+        assert_eq!(first[0].0, 0);
+        let sent: Vec<i64> = first[0].1.records.iter().map(|r| r.sent_ns).collect();
+        assert_eq!(sent, vec![0, 1], "the oldest batch goes first");
+        // After the linger: partition 0's second sealed batch; its open batch (record 4) may
+        // not overtake it, partition 1's open batch goes along.
+        let later = t0 + linger;
+        let second = acc.take_ready(&sh, 7, later, linger);
+        let parts: Vec<usize> = second.iter().map(|(i, _)| *i).collect();
+        assert_eq!(parts, vec![0, 1]);
+        assert_eq!(
+            second[0]
+                .1
+                .records
+                .iter()
+                .map(|r| r.sent_ns)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        let third = acc.take_ready(&sh, 7, later, linger);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].1.records[0].sent_ns, 4);
+        // Node 8's lingering batch was never taken for node 7.
+        assert_eq!(acc.ready_nodes(&sh, later, linger), vec![8]);
+        assert_eq!(
+            acc.take_ready(&sh, 8, later, linger)[0].1.records[0].sent_ns,
+            200
+        );
+        assert_eq!(acc.bytes, 0);
+        assert!(acc.next_linger(linger).is_none());
+    }
 }

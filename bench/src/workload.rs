@@ -51,6 +51,11 @@ pub struct Workload {
     /// After producing, read the whole topic back from the start at full speed (the
     /// catch-up read throughput).
     pub catch_up_read: bool,
+    /// Topic configs set when the bench creates its topics (e.g. `retention.bytes`).
+    pub topic_configs: std::collections::BTreeMap<String, String>,
+    /// Delete the topics after the run (as OpenMessaging Benchmark does), so repeated runs
+    /// neither fill the disk nor read each other's records.
+    pub delete_topics: bool,
 }
 
 impl Default for Workload {
@@ -76,6 +81,8 @@ impl Default for Workload {
             warmup_secs: 5.0,
             duration_secs: 30.0,
             catch_up_read: false,
+            topic_configs: Default::default(),
+            delete_topics: true,
         }
     }
 }
