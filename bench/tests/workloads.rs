@@ -63,6 +63,11 @@ fn start_broker() -> Broker {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let mut broker = Broker {
+        child,
+        addr: "127.0.0.1:0".parse().unwrap(),
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -78,11 +83,8 @@ fn start_broker() -> Broker {
                     .ok()
             });
         if let Some(addr) = addr {
-            return Broker {
-                child,
-                addr,
-                _dir: dir,
-            };
+            broker.addr = addr;
+            return broker;
         }
         assert!(Instant::now() < deadline, "broker did not start: {text}");
         std::thread::sleep(Duration::from_millis(50));
