@@ -9,7 +9,9 @@
 //!   the tools (CLI, bench).
 //!
 //! Architecture invariant: this crate knows nothing of executors, sockets or files; it maps
-//! bytes to values and back (the client works on a stream its caller opened). Kafka error codes are chosen by `broker/`, not here.
+//! bytes to values and back (the client works on a stream its caller opened; only
+//! `client::cluster` opens TCP connections, for the tools). Kafka error codes are chosen by
+//! `broker/`, not here.
 
 pub mod alloc;
 pub mod client;
