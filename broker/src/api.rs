@@ -175,8 +175,15 @@ pub enum Reply {
 }
 
 /// Per-request context handed to handlers.
+/// Tells the connection when it may read its next request: `true` once this request's
+/// effects are ordered (a Produce's records appended, durability still pending), `false`
+/// when the connection must close. The connection sends it itself when the request
+/// completes if the handler did not.
+pub type Ordered = Rc<std::cell::Cell<Option<futures::channel::oneshot::Sender<bool>>>>;
+
 pub struct RequestContext {
     pub shard: Rc<Shard>,
+    pub ordered: Ordered,
     pub api_version: i16,
     /// The request header's client id ("" when null).
     pub client_id: String,
@@ -184,7 +191,21 @@ pub struct RequestContext {
     pub client_host: String,
 }
 
-pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope, peer: &str) -> Reply {
+impl RequestContext {
+    /// Lets the connection read its next request while this one finishes.
+    pub fn release_order(&self) {
+        if let Some(tx) = self.ordered.take() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+pub async fn dispatch(
+    shard: &Rc<Shard>,
+    env: RequestEnvelope,
+    peer: &str,
+    ordered: Ordered,
+) -> Reply {
     let supported = supported_range(env.api_key)
         .is_some_and(|r| env.api_version >= r.min && env.api_version <= r.max);
     if !supported {
@@ -211,6 +232,7 @@ pub async fn dispatch(shard: &Rc<Shard>, env: RequestEnvelope, peer: &str) -> Re
     let ip = peer.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(peer);
     let ctx = RequestContext {
         shard: shard.clone(),
+        ordered,
         api_version: env.api_version,
         client_id: env.client_id.clone().unwrap_or_default(),
         client_host: format!("/{}", ip.trim_start_matches('[').trim_end_matches(']')),

@@ -40,6 +40,10 @@ pub struct BrokerConfig {
     pub io_memory_bytes: usize,
     /// `max.connections`: per shard; further connections wait in the kernel backlog.
     pub max_connections_per_shard: usize,
+    /// `sluice.connection.pipeline.depth`: requests of one connection in progress at once.
+    /// A Produce lets the connection read the next request once its records are appended
+    /// (their durability wait overlaps the next requests); other requests complete first.
+    pub connection_pipeline_depth: usize,
     /// `queued.max.request.bytes`: request bytes a shard holds in memory at once; a
     /// connection whose next frame does not fit waits before reading it.
     pub queued_max_request_bytes: usize,
@@ -87,6 +91,7 @@ impl Default for BrokerConfig {
             shard_inbox_capacity: 1024,
             io_memory_bytes: 1 << 20,
             max_connections_per_shard: 4096,
+            connection_pipeline_depth: 16,
             queued_max_request_bytes: 256 << 20,
             fetch_max_wait_ms_max: 30_000,
             producer_id_expiration_check_interval_ms: 600_000,
@@ -181,6 +186,9 @@ impl BrokerConfig {
                 "sluice.io.memory.bytes" => self.io_memory_bytes = parse(key, value)?,
                 "queued.max.request.bytes" => self.queued_max_request_bytes = parse(key, value)?,
                 "max.connections" => self.max_connections_per_shard = parse(key, value)?,
+                "sluice.connection.pipeline.depth" => {
+                    self.connection_pipeline_depth = parse(key, value)?
+                }
                 "sluice.fetch.max.wait.ms.max" => self.fetch_max_wait_ms_max = parse(key, value)?,
                 "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
                 "log.roll.ms" => self.log.segment_ms = parse(key, value)?,
@@ -270,6 +278,9 @@ impl BrokerConfig {
         }
         if self.queued_max_request_bytes < self.socket_request_max_bytes {
             bail!("queued.max.request.bytes must be at least socket.request.max.bytes");
+        }
+        if self.connection_pipeline_depth == 0 {
+            bail!("sluice.connection.pipeline.depth must be at least 1");
         }
         if self.log_retention_check_interval_ms == 0 {
             bail!("log.retention.check.interval.ms must be positive");

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub bytes_out: Cell<u64>,
     pub connections: Cell<u64>,
     pub connections_total: Cell<u64>,
+    /// Requests read while an earlier request of the same connection was in progress.
+    pub requests_pipelined: Cell<u64>,
     /// Jobs this shard sent to other shards.
     pub cross_core_sent: Cell<u64>,
 }
@@ -76,6 +78,7 @@ pub struct ShardSnapshot {
     pub bytes_out: u64,
     pub connections: u64,
     pub connections_total: u64,
+    pub requests_pipelined: u64,
     pub cross_core_sent: u64,
     pub sync_latency: SyncLatency,
     pub partitions: Vec<PartitionStats>,
@@ -164,7 +167,7 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             );
         }
     }
-    let per_shard: [ShardFamily; 5] = [
+    let per_shard: [ShardFamily; 6] = [
         (
             "sluice_bytes_received_total",
             "counter",
@@ -188,6 +191,12 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             "counter",
             "Client connections accepted.",
             |s| s.connections_total,
+        ),
+        (
+            "sluice_requests_pipelined_total",
+            "counter",
+            "Requests started while an earlier request of the same connection was in progress.",
+            |s| s.requests_pipelined,
         ),
         (
             "sluice_cross_core_messages_total",

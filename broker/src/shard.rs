@@ -282,6 +282,7 @@ impl Shard {
             bytes_out: m.bytes_out.get(),
             connections: m.connections.get(),
             connections_total: m.connections_total.get(),
+            requests_pipelined: m.requests_pipelined.get(),
             cross_core_sent: m.cross_core_sent.get(),
             sync_latency: self.commit.sync_latency(),
             partitions: self

@@ -1,7 +1,10 @@
 //! Produce (key 0): partitions are grouped by owning shard, appended there concurrently, and
 //! acknowledged once their bytes are fdatasync'ed (acks=1 and acks=-1 alike on one node).
-//! acks=0 sends no response but still waits for the flush before the connection reads its
-//! next request, which bounds the memory one connection can pin.
+//! Once every partition's records are appended (offsets assigned, not yet durable) the
+//! connection may read its next request, so pipelined produce requests share sync rounds;
+//! their order on each partition is the connection's order. acks=0 sends no response; its
+//! request still holds its memory until the flush, and the connection's pipeline depth
+//! bounds how many such requests are in progress.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -130,13 +133,18 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
         responses.push(tr);
     }
 
+    let mut appended = Vec::with_capacity(by_shard.len());
     let calls = by_shard.into_iter().map(|(shard, items)| {
         let local = ctx.shard.clone();
+        let (appended_tx, appended_rx) = futures::channel::oneshot::channel();
+        appended.push(appended_rx);
         async move {
             let n = items.len();
             let slots: Vec<_> = items.iter().map(|i| i.slot).collect();
             match local
-                .invoke_on(ShardId(shard), move |s| append_on_shard(s, items))
+                .invoke_on(ShardId(shard), move |s| {
+                    append_on_shard(s, items, appended_tx)
+                })
                 .await
             {
                 Ok(v) => v,
@@ -148,7 +156,13 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
             }
         }
     });
-    let outcomes = futures::future::join_all(calls).await;
+    let calls: Vec<_> = calls.collect();
+    let release = async {
+        // A shard that could not be reached drops its sender: nothing was appended there.
+        futures::future::join_all(appended).await;
+        ctx.release_order();
+    };
+    let (outcomes, ()) = futures::join!(futures::future::join_all(calls), release);
 
     if acks == 0 {
         return None;
@@ -225,27 +239,47 @@ fn keyless_records(
     Some(o)
 }
 
-/// Runs on the owning shard: appends every item, then waits until each is durable.
-async fn append_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
+/// Runs on the owning shard: appends every item, signals `appended`, then waits until each
+/// is durable.
+async fn append_on_shard(
+    shard: Rc<Shard>,
+    items: Vec<Item>,
+    appended: futures::channel::oneshot::Sender<()>,
+) -> Vec<Outcome> {
     let now = now_ms();
     let appends = items.into_iter().map(|item| {
         let shard = shard.clone();
         async move {
             let Some(partition) = shard.partition(&item.topic, item.partition) else {
-                return Outcome::error(
+                let e = Outcome::error(
                     item.slot,
                     ResponseError::UnknownTopicOrPartition,
                     format!("{}-{} is not on this shard", item.topic, item.partition),
                 );
+                return (item, Err(e));
             };
-            let records = item.records.unwrap_or_default();
-            let appended = partition
+            let records = item.records.clone().unwrap_or_default();
+            let result = partition
                 .log
-                .append(&records, partition.leader_epoch.0, item.max_batch_bytes, now)
+                .append(
+                    &records,
+                    partition.leader_epoch.0,
+                    item.max_batch_bytes,
+                    now,
+                )
                 .await;
+            (item, Ok((partition, result)))
+        }
+    });
+    let appended_all = futures::future::join_all(appends).await;
+    let _ = appended.send(());
+    let durable = appended_all
+        .into_iter()
+        .map(|(item, appended)| async move {
             let result = match appended {
-                Ok(info) => partition.log.wait_durable(info.end_offset).await.map(|_| info),
-                Err(e) => Err(e),
+                Err(outcome) => return outcome,
+                Ok((p, Ok(info))) => p.log.wait_durable(info.end_offset).await.map(|_| info),
+                Ok((_, Err(e))) => Err(e),
             };
             match result {
                 Ok(info) => Outcome {
@@ -260,7 +294,6 @@ async fn append_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
                     Outcome::error(item.slot, storage_error(&e), e.to_string())
                 }
             }
-        }
-    });
-    futures::future::join_all(appends).await
+        });
+    futures::future::join_all(durable).await
 }

@@ -202,7 +202,14 @@ def run_kafka_python(args, st):
 
     c.subscribe([args.topic], listener=Listener())
     while not st.stop:
-        batch = c.poll(timeout_ms=200, max_records=500)
+        try:
+            batch = c.poll(timeout_ms=200, max_records=500)
+        except KafkaError as e:
+            # kafka-python 3 raises connection errors out of poll() while the broker is
+            # restarting (the test restarts it on purpose); an application retries.
+            print(f"{args.name}: poll failed, retrying: {e!r}", file=sys.stderr)
+            time.sleep(0.2)
+            continue
         done = set()
         for tp, recs in batch.items():
             for r in recs:
