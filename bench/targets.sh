@@ -4,6 +4,8 @@
 # workload (peak durable produce, tailing consume, catch-up read), then the fixed-rate
 # workload at half the measured peak (produce and end-to-end latency), then the cross-core
 # hop. Prints one table; results and charts land in $OUT (default bench-results/targets).
+# BENCH_NICE=19 runs the load generator at that nice level, so that on a small machine it
+# does not take CPU time from the broker it measures (say so when quoting such numbers).
 #   bench/targets.sh [seconds]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -16,11 +18,12 @@ for tool in fio iperf3; do
   command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq fio iperf3 >/dev/null; }
 done
 (cd "$root" && cargo build --release -q -p broker -p bench)
-bench="$root/target/release/sluice-bench"
+bench_exe="$root/target/release/sluice-bench"
+bench() { nice -n "${BENCH_NICE:-0}" "$bench_exe" "$@"; }
 mkdir -p "$out"
 
 echo "== limits (fio in $work, iperf3 on 127.0.0.1)"
-"$bench" limits --dir "$work" --seconds 10 --json "$out/limits.json"
+bench limits --dir "$work" --seconds 10 --json "$out/limits.json"
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 "$root/target/release/sluice" start --listen "127.0.0.1:$port" --data-dir "$work/data" \
@@ -30,17 +33,17 @@ sleep 2
 common=(--bootstrap "127.0.0.1:$port" --broker-pid "$broker" --out "$out" --duration-secs "$seconds")
 
 echo "== peak: $root/bench/workloads/1-topic-16-partitions-1kb-max-rate.toml"
-"$bench" run "${common[@]}" --workload "$root/bench/workloads/1-topic-16-partitions-1kb-max-rate.toml"
+bench run "${common[@]}" --workload "$root/bench/workloads/1-topic-16-partitions-1kb-max-rate.toml"
 peak="$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["produce"]["records_per_sec"]))' \
   "$out/1-topic-16-partitions-1kb-max-rate.json")"
 half=$((peak / 2))
 
 echo "== half the peak ($half records/s): $root/bench/workloads/1-topic-16-partitions-1kb-fixed-rate.toml"
-"$bench" run "${common[@]}" --workload "$root/bench/workloads/1-topic-16-partitions-1kb-fixed-rate.toml" \
+bench run "${common[@]}" --workload "$root/bench/workloads/1-topic-16-partitions-1kb-fixed-rate.toml" \
   --rate "$half"
 
 echo "== cross-core hop"
-"$bench" crosscore | tee "$out/crosscore.txt"
+bench crosscore | tee "$out/crosscore.txt"
 
 python3 - "$out" <<'PY'
 import json, sys
