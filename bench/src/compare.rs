@@ -154,12 +154,12 @@ pub fn compare_cmd(c: CompareArgs) -> Result<()> {
         if let Some(r) = rs.last() {
             let label = ["A", "B"][side];
             series.push(Series {
-                name: format!("{label} produce ({})", r.bootstrap),
+                name: format!("{label} produce"),
                 points: r.produce_spectrum.clone(),
             });
             if w.consumers > 0 {
                 series.push(Series {
-                    name: format!("{label} end-to-end ({})", r.bootstrap),
+                    name: format!("{label} end-to-end"),
                     points: r.end_to_end_spectrum.clone(),
                 });
             }
@@ -168,7 +168,7 @@ pub fn compare_cmd(c: CompareArgs) -> Result<()> {
     let svg = c.out.join(format!("{}-compare-distribution.svg", w.name));
     std::fs::write(
         &svg,
-        chart::distribution(&format!("{}: A vs B", w.name), &series),
+        chart::distribution(&format!("{}: A = {}, B = {}", w.name, c.a, c.b), &series),
     )?;
     println!("wrote {} and {}", json.display(), svg.display());
     Ok(())
