@@ -70,15 +70,7 @@ const MAX_LINEAR_INTERVALS: f64 = 20.0;
 pub fn over_time(title: &str, y_label: &str, series: &[Series]) -> String {
     let x = linear_axis(series.iter().flat_map(usable_points).map(|(x, _)| x));
     let y = log_axis(series.iter().flat_map(usable_points).map(|(_, y)| y));
-    let lines = series
-        .iter()
-        .map(|s| Line {
-            name: &s.name,
-            points: usable_points(s)
-                .map(|(secs, ms)| (secs, log_position(ms, &y)))
-                .collect(),
-        })
-        .collect();
+    let lines = lines(series, |secs| secs, &y);
     render(&Chart {
         title,
         x_label: "seconds since start",
@@ -104,15 +96,7 @@ pub fn distribution(title: &str, series: &[Series]) -> String {
         });
     let x = nines_axis(reach);
     let y = log_axis(series.iter().flat_map(usable_points).map(|(_, y)| y));
-    let lines = series
-        .iter()
-        .map(|s| Line {
-            name: &s.name,
-            points: usable_points(s)
-                .map(|(q, ms)| (nines(q), log_position(ms, &y)))
-                .collect(),
-        })
-        .collect();
+    let lines = lines(series, nines, &y);
     render(&Chart {
         title,
         x_label: "percentile",
@@ -141,6 +125,19 @@ fn nines(q: f64) -> f64 {
 
 /// A latency in axis space (log10 ms), clamped into the axis so that zero or negative
 /// latencies (no log) sit on the bottom edge instead of vanishing.
+/// Each series as a line: x positions through `x`, latencies on the log axis `y`.
+fn lines<'a>(series: &'a [Series], x: impl Fn(f64) -> f64, y: &Axis) -> Vec<Line<'a>> {
+    series
+        .iter()
+        .map(|s| Line {
+            name: &s.name,
+            points: usable_points(s)
+                .map(|(px, ms)| (x(px), log_position(ms, y)))
+                .collect(),
+        })
+        .collect()
+}
+
 fn log_position(ms: f64, axis: &Axis) -> f64 {
     if ms > 0.0 {
         ms.log10().clamp(axis.lo, axis.hi)

@@ -827,15 +827,12 @@ fn send_request(
     let mut req = ProduceRequest::default();
     req.acks = w.acks;
     req.timeout_ms = 30_000;
-    req.topic_data = topics
-        .into_iter()
-        .map(|(t, partition_data)| {
-            let mut td = produce_request::TopicProduceData::default();
-            td.name = TopicName(s(t));
-            td.partition_data = partition_data;
-            td
-        })
-        .collect();
+    req.topic_data = per_topic(topics, |name, partition_data| {
+        let mut td = produce_request::TopicProduceData::default();
+        td.name = name;
+        td.partition_data = partition_data;
+        td
+    });
     link.correlation = link.correlation.wrapping_add(1);
     let frame = encode_request(
         &req,
@@ -864,6 +861,17 @@ fn send_request(
         }
     }
     Ok(bytes)
+}
+
+/// One request entry per topic from partitions grouped by topic name.
+fn per_topic<P, T>(
+    groups: BTreeMap<&str, Vec<P>>,
+    make: impl Fn(TopicName, Vec<P>) -> T,
+) -> Vec<T> {
+    groups
+        .into_iter()
+        .map(|(t, ps)| make(TopicName(s(t)), ps))
+        .collect()
 }
 
 /// The latest (`-1`) or earliest (`-2`) offset of each of `parts` (positions in
@@ -926,15 +934,12 @@ fn fetch_round(
         req.max_wait_ms = wait;
         req.min_bytes = 1;
         req.max_bytes = FETCH_MAX_BYTES;
-        req.topics = topics
-            .into_iter()
-            .map(|(t, partitions)| {
-                let mut ft = fetch_request::FetchTopic::default();
-                ft.topic = TopicName(s(t));
-                ft.partitions = partitions;
-                ft
-            })
-            .collect();
+        req.topics = per_topic(topics, |name, partitions| {
+            let mut ft = fetch_request::FetchTopic::default();
+            ft.topic = name;
+            ft.partitions = partitions;
+            ft
+        });
         let resp = c.node(node)?.send(&req, FETCH_VERSION)?;
         check(resp.error_code, "fetch")?;
         for t in &resp.responses {
