@@ -124,6 +124,29 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(
+        w: Workload,
+        bootstrap: String,
+        partitions: Vec<(String, i32, i32)>,
+        payload: Vec<u8>,
+    ) -> Shared {
+        Shared {
+            w,
+            bootstrap,
+            partitions,
+            payload,
+            anchor: Instant::now(),
+            anchor_unix_ns: unix_now_ns(),
+            stop_producers: AtomicBool::new(false),
+            stop_consumers: AtomicBool::new(false),
+            produced_records: AtomicU64::new(0),
+            produced_bytes: AtomicU64::new(0),
+            consumed_records: AtomicU64::new(0),
+            consumed_bytes: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     fn unix_ns(&self, at: Instant) -> i64 {
         self.anchor_unix_ns + at.saturating_duration_since(self.anchor).as_nanos() as i64
     }
@@ -290,21 +313,12 @@ pub fn run(w: &Workload, target: &Target) -> Result<RunResult> {
     let mut cluster = Cluster::connect(&target.bootstrap, CLIENT_ID)?;
     let partitions = prepare_topics(&mut cluster, w)?;
     let started_unix_secs = (unix_now_ns() / 1_000_000_000) as u64;
-    let shared = Arc::new(Shared {
-        w: w.clone(),
-        bootstrap: target.bootstrap.clone(),
+    let shared = Arc::new(Shared::new(
+        w.clone(),
+        target.bootstrap.clone(),
         partitions,
-        payload: payload_pool(max_record_bytes(w)),
-        anchor: Instant::now(),
-        anchor_unix_ns: unix_now_ns(),
-        stop_producers: AtomicBool::new(false),
-        stop_consumers: AtomicBool::new(false),
-        produced_records: AtomicU64::new(0),
-        produced_bytes: AtomicU64::new(0),
-        consumed_records: AtomicU64::new(0),
-        consumed_bytes: AtomicU64::new(0),
-        errors: Mutex::new(BTreeMap::new()),
-    });
+        payload_pool(max_record_bytes(w)),
+    ));
 
     // Consumers first, positioned at the log end, so they see every record produced.
     let (ready_tx, ready_rx) = flume::bounded(w.consumers as usize);
@@ -1154,21 +1168,7 @@ mod tests {
     use super::*;
 
     fn shared(partitions: Vec<(String, i32, i32)>) -> Shared {
-        Shared {
-            w: Workload::default(),
-            bootstrap: String::new(),
-            partitions,
-            payload: Vec::new(),
-            anchor: Instant::now(),
-            anchor_unix_ns: 0,
-            stop_producers: AtomicBool::new(false),
-            stop_consumers: AtomicBool::new(false),
-            produced_records: AtomicU64::new(0),
-            produced_bytes: AtomicU64::new(0),
-            consumed_records: AtomicU64::new(0),
-            consumed_bytes: AtomicU64::new(0),
-            errors: Mutex::new(BTreeMap::new()),
-        }
+        Shared::new(Workload::default(), String::new(), partitions, Vec::new())
     }
 
     fn rec(len: usize, sent_ns: i64) -> Rec {
