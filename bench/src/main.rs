@@ -18,9 +18,8 @@ use bytes::{Bytes, BytesMut};
 use clap::{Parser, Subcommand};
 use protocol::kafka_protocol::messages::*;
 use protocol::kafka_protocol::protocol::{Request, StrBytes};
-use protocol::kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use protocol::kafka_protocol::records::Compression;
+use protocol::records::{encode_plain_batch, PlainRecord};
 
 mod chart;
 mod compare;
@@ -125,38 +124,18 @@ fn name(s: &str) -> TopicName {
 
 fn make_batch(records: usize, record_bytes: usize) -> Result<Bytes> {
     let value = Bytes::from(vec![b'x'; record_bytes]);
-    let recs: Vec<Record> = (0..records)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch wherever offset - sequence changes; keep it
-            // constant so that the records form one batch (`stamp_producer` then sets the
-            // real base sequence, -1 when not idempotent).
-            sequence: i as i32,
-            timestamp: 0,
-            key: None,
-            value: Some(value.clone()),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )?;
+    let recs = vec![
+        PlainRecord {
+            value: Some(value),
+            ..Default::default()
+        };
+        records
+    ];
+    // `stamp_producer` later sets the real producer fields and base sequence.
+    let buf = encode_plain_batch(&recs, 0, Compression::None)?;
     let size = protocol::record_batch::RecordBatchView::parse(&buf)?.size_bytes();
     anyhow::ensure!(size == buf.len(), "the records did not encode as one batch");
-    Ok(buf.freeze())
+    Ok(buf)
 }
 
 /// Sets a stored batch's producer id, epoch and base sequence, then its CRC32C.

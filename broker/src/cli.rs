@@ -12,15 +12,14 @@ use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use kafka_protocol::messages::*;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
 use protocol::client::cluster::{check, error_name, key_partition, s, Cluster};
 use protocol::client::member::{Member, HEARTBEAT_EVERY};
+use protocol::records::{encode_plain_batch, PlainRecord};
 
 /// The `client.id` the CLI's connections carry.
 const CLIENT_ID: &str = "sluice-cli";
@@ -374,20 +373,9 @@ pub fn produce(g: &Global, a: ProduceArgs) -> Result<()> {
             for (p, recs) in std::mem::take(pending) {
                 let leader = *leaders.get(&p).ok_or_else(|| anyhow!("no partition {p}"))?;
                 let now = crate::handlers::now_ms() as i64;
-                let records: Vec<Record> = recs
+                let records: Vec<PlainRecord> = recs
                     .into_iter()
-                    .enumerate()
-                    .map(|(i, (key, value))| Record {
-                        transactional: false,
-                        control: false,
-                        delete_horizon: false,
-                        partition_leader_epoch: -1,
-                        producer_id: -1,
-                        producer_epoch: -1,
-                        timestamp_type: TimestampType::Creation,
-                        offset: i as i64,
-                        sequence: i as i32,
-                        timestamp: now,
+                    .map(|(key, value)| PlainRecord {
                         key,
                         value: Some(value),
                         headers: headers
@@ -396,18 +384,10 @@ pub fn produce(g: &Global, a: ProduceArgs) -> Result<()> {
                             .collect(),
                     })
                     .collect();
-                let mut buf = BytesMut::new();
-                RecordBatchEncoder::encode(
-                    &mut buf,
-                    &records,
-                    &RecordEncodeOptions {
-                        version: 2,
-                        compression: Compression::None,
-                    },
-                )?;
+                let batch = encode_plain_batch(&records, now, Compression::None)?;
                 let mut pd = produce_request::PartitionProduceData::default();
                 pd.index = p;
-                pd.records = Some(buf.freeze());
+                pd.records = Some(batch);
                 let mut td = produce_request::TopicProduceData::default();
                 td.name = TopicName(s(&a.topic));
                 td.partition_data = vec![pd];

@@ -304,8 +304,7 @@ fn list_offsets_max_timestamp_finds_the_newest_record() {
 
 #[test]
 fn compacted_topics_refuse_records_without_keys() {
-    use bytes::BytesMut;
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use protocol::records::{encode_plain_batch, PlainRecord};
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), 1, &[]);
     let mut c = broker.client();
@@ -315,34 +314,18 @@ fn compacted_topics_refuse_records_without_keys() {
         0
     );
     let keys = [Some("a"), None, Some("c"), None];
-    let records: Vec<Record> = keys
+    let records: Vec<PlainRecord> = keys
         .iter()
-        .enumerate()
-        .map(|(i, k)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1,
+        .map(|k| PlainRecord {
             key: k.map(|k| bytes::Bytes::from(k.to_owned())),
             value: Some(bytes::Bytes::from_static(b"v")),
-            headers: Default::default(),
+            headers: Vec::new(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    let opts = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::Zstd,
-    };
-    RecordBatchEncoder::encode(&mut buf, &records, &opts).unwrap();
+    let batch = encode_plain_batch(&records, 1, Compression::Zstd).unwrap();
     let mut pd = produce_request::PartitionProduceData::default();
     pd.index = 0;
-    pd.records = Some(buf.freeze());
+    pd.records = Some(batch);
     let mut td = produce_request::TopicProduceData::default();
     td.name = TopicName(s("compacted"));
     td.partition_data = vec![pd];

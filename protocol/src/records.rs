@@ -6,8 +6,10 @@
 //! lz4 and zstd batches.
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
-    Compression as Codec, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    Compression as Codec, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    TimestampType,
 };
 use thiserror::Error;
 
@@ -19,6 +21,54 @@ pub enum RecordsError {
     Batch(#[from] BatchError),
     #[error("cannot decode the records of the batch at offset {base_offset}: {reason}")]
     Decode { base_offset: i64, reason: String },
+}
+
+/// One record of a plain batch (no producer id, not transactional).
+#[derive(Debug, Clone, Default)]
+pub struct PlainRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(StrBytes, Option<Bytes>)>,
+}
+
+/// `records` as one v2 batch (offset deltas 0, 1, ...; every record stamped `timestamp_ms`;
+/// leader epoch -1, which the broker sets on append), compressed with `codec`.
+pub fn encode_plain_batch(
+    records: &[PlainRecord],
+    timestamp_ms: i64,
+    codec: Codec,
+) -> anyhow::Result<Bytes> {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch wherever offset - sequence changes: keeping it
+            // constant makes one batch (the header's base sequence stays -1).
+            sequence: i as i32,
+            timestamp: timestamp_ms,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r.headers.iter().cloned().collect(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: codec,
+        },
+    )?;
+    Ok(buf.freeze())
 }
 
 /// The offset and timestamp of the first record in `batch` whose timestamp is at or after

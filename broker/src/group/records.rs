@@ -22,9 +22,8 @@
 //! replays it in order and the last record per key wins.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use protocol::records::{encode_plain_batch, PlainRecord};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
@@ -247,36 +246,19 @@ impl GroupValue {
 
 /// One uncompressed batch holding `records` (key, value or tombstone) stamped `now_ms`.
 pub fn encode_batch(records: &[(Key, Option<Value>)], now_ms: i64) -> Bytes {
-    let records: Vec<Record> = records
+    let records: Vec<PlainRecord> = records
         .iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: now_ms,
+        .map(|(key, value)| PlainRecord {
             key: Some(key.encode()),
             value: value.as_ref().map(|v| match v {
                 Value::Offset(o) => o.encode(),
                 Value::Group(g) => g.encode(),
             }),
-            headers: Default::default(),
+            headers: Vec::new(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, &records, &options)
-        .expect("encoding an uncompressed batch of owned records cannot fail");
-    buf.freeze()
+    encode_plain_batch(&records, now_ms, Compression::None)
+        .expect("encoding an uncompressed batch of owned records cannot fail")
 }
 
 /// Every group record in `batches` (concatenated stored batches), in log order. Records
