@@ -19,14 +19,14 @@ use anyhow::{Context, Result};
 use bytes::BytesMut;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use glommio::net::{TcpListener, TcpStream};
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 use protocol::frame::{frame_length, parse_request, FrameError};
 
 use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::api::{dispatch, Ordered, Reply};
-use crate::shard::Shard;
+use crate::shard::{InflightGuard, Shard};
 
 /// Read buffer per connection (`sluice.connection.read.buffer.bytes` is not configurable
 /// yet; frames larger than this are read straight into their own buffer).
@@ -124,11 +124,19 @@ async fn serve_connection(
     read.and(written)
 }
 
+/// A finished request: its reply, and what it holds until the reply is written — the frame's
+/// bytes against `queued.max.request.bytes`, and its place in the shard's shutdown drain.
+struct Finished {
+    reply: Reply,
+    _memory: StaticPermit,
+    _inflight: InflightGuard,
+}
+
 /// Reads requests and starts each as a task; its reply goes to the writer through `queue`.
 async fn read_requests(
     shard: &Rc<Shard>,
     stream: TcpStream,
-    queue: LocalSender<oneshot::Receiver<Reply>>,
+    queue: LocalSender<oneshot::Receiver<Finished>>,
     peer: &str,
 ) -> Result<(), ConnectionEnd> {
     let mut reader = BufReader::with_capacity(CONNECTION_READ_BUFFER_BYTES, stream);
@@ -180,8 +188,7 @@ async fn read_requests(
         // Detached: a request runs to completion even if the connection goes away (an append
         // is never abandoned half-way); the writer just finds nobody to answer.
         glommio::spawn_local(async move {
-            let _memory = memory;
-            let _inflight = task_shard.begin_request();
+            let inflight = task_shard.begin_request();
             let started = std::time::Instant::now();
             let api = envelope.api_key as i16;
             let reply = dispatch(&task_shard, envelope, &task_peer, ordered.clone()).await;
@@ -194,7 +201,11 @@ async fn read_requests(
                     .request(api, started.elapsed().as_secs_f64());
             }
             task_in_progress.set(task_in_progress.get() - 1);
-            let _ = reply_tx.send(reply);
+            let _ = reply_tx.send(Finished {
+                reply,
+                _memory: memory,
+                _inflight: inflight,
+            });
         })
         .detach();
         if queue.send(reply_rx).await.is_err() {
@@ -211,25 +222,28 @@ async fn read_requests(
 async fn write_responses(
     shard: Rc<Shard>,
     mut stream: TcpStream,
-    queue: LocalReceiver<oneshot::Receiver<Reply>>,
+    queue: LocalReceiver<oneshot::Receiver<Finished>>,
     peer: String,
 ) -> Result<(), ConnectionEnd> {
     let result = async {
-        while let Some(reply) = queue.recv().await {
-            match reply.await {
-                Ok(Reply::Response(bytes)) => {
+        while let Some(finished) = queue.recv().await {
+            // `finished` holds the request's memory and drain place until it is written.
+            let Ok(finished) = finished.await else {
+                return Err(ConnectionEnd::Refused("request task lost".into()));
+            };
+            match finished.reply {
+                Reply::Response(bytes) => {
                     stream.write_all(&bytes).await?;
                     shard
                         .metrics
                         .bytes_out
                         .set(shard.metrics.bytes_out.get() + bytes.len() as u64);
                 }
-                Ok(Reply::Nothing) => {}
-                Ok(Reply::Close(reason)) => {
+                Reply::Nothing => {}
+                Reply::Close(reason) => {
                     tracing::warn!(%peer, %reason, "closing connection");
                     return Err(ConnectionEnd::Refused(reason));
                 }
-                Err(_) => return Err(ConnectionEnd::Refused("request task lost".into())),
             }
         }
         Ok(())

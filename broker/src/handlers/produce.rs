@@ -247,7 +247,7 @@ async fn append_on_shard(
     appended: futures::channel::oneshot::Sender<()>,
 ) -> Vec<Outcome> {
     let now = now_ms();
-    let appends = items.into_iter().map(|item| {
+    let appends = items.into_iter().map(|mut item| {
         let shard = shard.clone();
         async move {
             let Some(partition) = shard.partition(&item.topic, item.partition) else {
@@ -258,7 +258,7 @@ async fn append_on_shard(
                 );
                 return (item, Err(e));
             };
-            let records = item.records.clone().unwrap_or_default();
+            let records = item.records.take().unwrap_or_default();
             let result = partition
                 .log
                 .append(
