@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks the deploy/ files with the tools this machine has:
 #  - the systemd unit with `systemd-analyze verify` (no warnings allowed);
-#  - server.properties: a broker starts with it (data dir and port redirected) and logs no
-#    unknown property;
+#  - server.properties: its listeners are loopback only (there is no authentication yet),
+#    a broker starts with it (data dir and port redirected) and logs no unknown property;
 #  - the sysctl file: every key exists under /proc/sys and every line is `key = value`;
 #  - the Containerfile: the files it copies exist.
 # usage: deploy/check.sh <path to the sluice binary>
@@ -11,7 +11,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 bin="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 work="$(mktemp -d)"
-trap 'kill -9 ${broker:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+# Only a started broker is killed: `kill -9 0` would kill this script's whole process group.
+trap 'if [ -n "${broker:-}" ]; then kill -9 "$broker" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 
 if command -v systemd-analyze >/dev/null; then
   sed "s|/usr/local/bin/sluice|$bin|" "$here/sluice.service" >"$work/sluice.service"
@@ -21,6 +22,14 @@ if command -v systemd-analyze >/dev/null; then
 else
   echo "skip sluice.service: no systemd-analyze here"
 fi
+
+# Without authentication the shipped example must not listen beyond loopback.
+if grep -E '^(listeners|sluice\.admin\.listen)=' "$here/server.properties" | grep -vqE '(//|=)(127\.[0-9.]+|localhost|\[::1\]):'; then
+  echo "server.properties listens beyond loopback:"
+  grep -E '^(listeners|sluice\.admin\.listen)=' "$here/server.properties"
+  exit 1
+fi
+echo "ok   server.properties (loopback listeners only)"
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 "$bin" start --config "$here/server.properties" --listen "127.0.0.1:$port" \

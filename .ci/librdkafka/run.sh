@@ -4,6 +4,8 @@
 #   run.sh            every test in must-pass.txt, one at a time; fails if any fails
 #   run.sh --each     every numbered test, one at a time, PASS/FAIL/SKIP each (for triage)
 #   run.sh --each N…  the same for the given test numbers only
+#   run.sh --cluster  the must-pass list against a 3-node cluster (deploy/cluster.sh),
+#                     test.conf listing all three brokers
 #
 # Tests run in quick mode (-Q), without sockem (-E), as Kafka 3.7.0 (the protocol level the
 # broker speaks), against a broker configured like librdkafka's default test scenario
@@ -16,22 +18,40 @@ dir="${RDK_DIR:-$root/target/librdkafka-tests}"
 tests="$(ls -d "$dir"/rdkafka-sys-*/librdkafka/tests | head -1)"
 
 (cd "$root" && cargo build --release -p broker)
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 data="$(mktemp -d)"
 logs="$dir/logs"
 mkdir -p "$logs"
 log="$logs/broker.log"
-"$root/target/release/sluice" start --listen "127.0.0.1:$port" --data-dir "$data" \
-  --prop num.partitions=4 --prop auto.create.topics.enable=true >"$log" 2>&1 &
-broker=$!
-trap 'kill -9 $broker 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
+cluster=false
+if [ "${1:-}" = "--cluster" ]; then
+  cluster=true
+  shift
+fi
+if $cluster; then
+  base="$(bash "$root/deploy/cluster.sh" free-base-port 3 --base-port 24000)"
+  cl=(--dir "$data" --bin "$root/target/release/sluice" --base-port "$base")
+  bash "$root/deploy/cluster.sh" up 3 "${cl[@]}" \
+    --prop num.partitions=4 --prop auto.create.topics.enable=true >"$log" 2>&1 ||
+    { cat "$log"; exit 1; }
+  brokers="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
+  pids="$(cat "$data"/node-*/pid | tr '\n' ' ')"
+  trap 'bash "$root/deploy/cluster.sh" down "${cl[@]}" >/dev/null 2>&1 || true; rm -rf "$data"' EXIT
+  log="$data/node-1/sluice.log"
+else
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  "$root/target/release/sluice" start --listen "127.0.0.1:$port" --data-dir "$data" \
+    --prop num.partitions=4 --prop auto.create.topics.enable=true >"$log" 2>&1 &
+  pids=$!
+  trap 'kill -9 $pids 2>/dev/null || true; rm -rf "$data"' EXIT
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+  brokers="127.0.0.1:$port"
+fi
 
 cd "$tests"
-printf 'metadata.broker.list=127.0.0.1:%s\n' "$port" >test.conf
+printf 'metadata.broker.list=%s\n' "$brokers" >test.conf
 export TEST_KAFKA_VERSION=3.7.0 LD_LIBRARY_PATH="../src:../src-cpp"
 
 # Runs one test by number; prints PASS, FAIL or SKIP (local-only, manual, or skipped by the
@@ -51,16 +71,19 @@ run_one() {
   if [ $status = FAIL ]; then
     grep -a -E "FAIL|assert|Test .* timed out" "$out" | tail -6 | cut -c1-300 | sed 's/^/    /'
   fi
-  if ! kill -0 "$broker" 2>/dev/null; then
-    echo "the broker died during $num"; tail -40 "$log"; exit 1
-  fi
+  local pid
+  for pid in $pids; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "a broker (pid $pid) died during $num"; tail -40 "$log"; exit 1
+    fi
+  done
   [ $status != FAIL ]
 }
 
 if [ "${1:-}" = "--each" ]; then
   # Three at a time: most of the suite's time is spent waiting.
   export -f run_one
-  export logs log broker
+  export logs log pids
   shift
   if [ $# -gt 0 ]; then printf '%s\n' "$@"; else ls [0-9][0-9][0-9][0-9]-*.c* | cut -c1-4 | sort -u; fi |
     xargs -P3 -I{} bash -c 'run_one {} || true'
@@ -74,5 +97,5 @@ while read -r num _; do
   if run_one "$num"; then passed=$((passed + 1)); else failed+=("$num"); fi
 done <"$here/must-pass.txt"
 
-echo "librdkafka must-pass: $passed passed, ${#failed[@]} failed ${failed[*]:-}"
+echo "librdkafka must-pass$($cluster && echo ' (3-node cluster)'): $passed passed, ${#failed[@]} failed ${failed[*]:-}"
 [ "${#failed[@]}" -eq 0 ]

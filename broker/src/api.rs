@@ -21,31 +21,42 @@ pub struct ApiRange {
 /// What Sluice advertises in ApiVersions. Produce, Fetch and Metadata advertise from v0
 /// because librdkafka derives features (compression among them) from those minimums;
 /// versions older than the codec can decode (Produce < 3, Fetch < 4) close the connection.
+///
+/// The maximums are Kafka 4.1's for every API Sluice serves (clients that infer the broker
+/// release from them, kafka-python and aiokafka among them, see 4.1), each checked against
+/// what its handler does with the fields that version adds: Produce v12 (no new field) and
+/// v13 (topics by id), Fetch v13 (topics by id) to v18 (tagged fields for followers),
+/// ListOffsets v8-v10 (tiered-storage timestamps and timeout), Metadata v13 (a top-level
+/// error code), FindCoordinator v5-v6 (no new field), OffsetCommit/OffsetFetch v9 (member
+/// epochs, unused by classic groups), DescribeGroups v6 (GROUP_ID_NOT_FOUND),
+/// InitProducerId v5 (no new field), DescribeCluster v2 (fenced brokers: none here).
+/// The minimums stay what Sluice accepted before, although Kafka 4.0 dropped some of them
+/// (KIP-896), so that older clients keep working.
 pub const SUPPORTED_APIS: &[ApiRange] = &[
     ApiRange {
         key: ApiKey::Produce,
         min: 0,
-        max: 11,
+        max: 13,
     },
     ApiRange {
         key: ApiKey::Fetch,
         min: 0,
-        max: 12,
+        max: 18,
     },
     ApiRange {
         key: ApiKey::ListOffsets,
         min: 1,
-        max: 7,
+        max: 10,
     },
     ApiRange {
         key: ApiKey::Metadata,
         min: 0,
-        max: 12,
+        max: 13,
     },
     ApiRange {
         key: ApiKey::FindCoordinator,
         min: 0,
-        max: 4,
+        max: 6,
     },
     ApiRange {
         key: ApiKey::ApiVersions,
@@ -65,7 +76,7 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     ApiRange {
         key: ApiKey::InitProducerId,
         min: 0,
-        max: 4,
+        max: 5,
     },
     ApiRange {
         key: ApiKey::JoinGroup,
@@ -87,21 +98,22 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         min: 0,
         max: 5,
     },
-    // v9+ carry KIP-848 member epochs; classic groups stop at 8, as Kafka 3.7.
+    // v9 changes no field: it lets a KIP-848 group check member epochs; a classic group
+    // takes it as v8, as Kafka 4.x does. v10 (topic ids) is Kafka 4.2's.
     ApiRange {
         key: ApiKey::OffsetCommit,
         min: 2,
-        max: 8,
+        max: 9,
     },
     ApiRange {
         key: ApiKey::OffsetFetch,
         min: 1,
-        max: 8,
+        max: 9,
     },
     ApiRange {
         key: ApiKey::DescribeGroups,
         min: 0,
-        max: 5,
+        max: 6,
     },
     ApiRange {
         key: ApiKey::ListGroups,
@@ -146,12 +158,22 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
     ApiRange {
         key: ApiKey::DescribeCluster,
         min: 0,
-        max: 1,
+        max: 2,
     },
     ApiRange {
         key: ApiKey::DescribeLogDirs,
         min: 1,
         max: 4,
+    },
+    ApiRange {
+        key: ApiKey::DescribeQuorum,
+        min: 0,
+        max: 2,
+    },
+    ApiRange {
+        key: ApiKey::DescribeTopicPartitions,
+        min: 0,
+        max: 0,
     },
 ];
 
@@ -181,9 +203,16 @@ pub enum Reply {
 /// completes if the handler did not.
 pub type Ordered = Rc<std::cell::Cell<Option<futures::channel::oneshot::Sender<bool>>>>;
 
+/// Reservations a handler makes for its reply (a Fetch's share of
+/// `sluice.shard.response.memory.bytes`); the connection keeps them until the reply is
+/// written.
+pub type Held = Rc<std::cell::RefCell<Vec<glommio::sync::StaticPermit>>>;
+
 pub struct RequestContext {
     pub shard: Rc<Shard>,
     pub ordered: Ordered,
+    /// Memory a handler reserved for its reply, held until the reply is written.
+    pub held: Held,
     pub api_version: i16,
     /// The request header's client id ("" when null).
     pub client_id: String,
@@ -205,6 +234,7 @@ pub async fn dispatch(
     env: RequestEnvelope,
     peer: &str,
     ordered: Ordered,
+    held: Held,
 ) -> Reply {
     let supported = supported_range(env.api_key)
         .is_some_and(|r| env.api_version >= r.min && env.api_version <= r.max);
@@ -233,6 +263,7 @@ pub async fn dispatch(
     let ctx = RequestContext {
         shard: shard.clone(),
         ordered,
+        held,
         api_version: env.api_version,
         client_id: env.client_id.clone().unwrap_or_default(),
         client_host: format!("/{}", ip.trim_start_matches('[').trim_end_matches(']')),
@@ -297,6 +328,9 @@ pub async fn dispatch(
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(handlers::describe_cluster::handle(&ctx, r))
         }
+        RequestKind::DescribeQuorum(r) => {
+            ResponseKind::DescribeQuorum(handlers::describe_quorum::handle(&ctx, r).await)
+        }
         RequestKind::DescribeLogDirs(r) => {
             ResponseKind::DescribeLogDirs(handlers::describe_log_dirs::handle(&ctx, r).await)
         }
@@ -315,6 +349,9 @@ pub async fn dispatch(
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(handlers::offset_delete::handle(&ctx, r).await)
         }
+        RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
+            handlers::describe_topic_partitions::handle(&ctx, r),
+        ),
         other => {
             return Reply::Close(format!(
                 "no handler for {:?}",

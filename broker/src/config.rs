@@ -2,7 +2,7 @@
 //! environment variables, then command-line flags. Property names are Kafka's where they
 //! mean the same thing; Sluice-only settings are prefixed `sluice.`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,13 @@ use anyhow::{bail, Context, Result};
 use storage::LogConfig;
 
 use crate::group::GroupConfig;
+
+/// `process.roles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub broker: bool,
+    pub controller: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -34,12 +41,43 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     /// `message.max.bytes`: largest record batch accepted.
     pub message_max_bytes: usize,
+    /// `sluice.message.decompressed.max.bytes`: a compressed batch whose records inflate
+    /// past this is refused (MESSAGE_TOO_LARGE); also the bound on every decompression the
+    /// broker does (re-compression, ListOffsets by time).
+    pub message_decompressed_max_bytes: usize,
+    /// `log.message.timestamp.before.max.ms`: how far in the past a CreateTime timestamp may
+    /// be (Kafka's default: no limit).
+    pub message_timestamp_before_max_ms: i64,
+    /// `log.message.timestamp.after.max.ms`: how far in the future a CreateTime timestamp may
+    /// be (Kafka 4's default: one hour).
+    pub message_timestamp_after_max_ms: i64,
     /// `sluice.shard.inbox.capacity`: cross-shard messages queued per shard before senders wait.
     pub shard_inbox_capacity: usize,
     /// `sluice.io.memory.bytes`: registered io_uring buffer memory per shard.
     pub io_memory_bytes: usize,
-    /// `max.connections`: per shard; further connections wait in the kernel backlog.
-    pub max_connections_per_shard: usize,
+    /// `max.connections`: client connections open at once, broker-wide; a connection over it
+    /// is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// `max.connections.per.ip`: client connections open at once from one address.
+    pub max_connections_per_ip: usize,
+    /// `connections.max.idle.ms`: a connection with no request for this long is closed.
+    pub connections_max_idle_ms: u64,
+    /// `sluice.request.read.timeout.ms`: once a frame's first byte has arrived, the whole
+    /// frame must arrive within this, or the connection is closed (a client that declares
+    /// 64 MiB and sends nothing holds nothing for long).
+    pub request_read_timeout_ms: u64,
+    /// `sluice.connection.write.timeout.ms`: a reply write that makes no progress for this
+    /// long closes the connection (a client that stops reading frees its replies).
+    pub connection_write_timeout_ms: u64,
+    /// `fetch.max.bytes`: the most record bytes one Fetch response carries, whatever the
+    /// client asks (one batch may pass it, as KIP-74 requires).
+    pub fetch_max_bytes: usize,
+    /// `sluice.shard.response.memory.bytes`: Fetch response bytes a shard holds at once,
+    /// reserved before reading and released once the response is written.
+    pub shard_response_memory_bytes: usize,
+    /// `sluice.debug.panic.shard`: fault injection for tests — that shard panics once the
+    /// broker is ready (which must end the process).
+    pub debug_panic_shard: Option<usize>,
     /// `sluice.connection.pipeline.depth`: requests of one connection in progress at once.
     /// A Produce lets the connection read the next request once its records are appended
     /// (their durability wait overlaps the next requests); other requests complete first.
@@ -61,7 +99,9 @@ pub struct BrokerConfig {
     /// `sluice.admin.listen`: the admin HTTP server (metrics, JSON API, health); empty
     /// disables it. A port taken by something else is logged and the broker runs without it.
     pub admin_listen: String,
-    /// `cluster.id` (defaults to a fixed value for a single node).
+    /// `cluster.id` (default `sluice-single-node`): nodes of one cluster must agree on it
+    /// (and on `controller.quorum.voters`); the data directory records it at the first
+    /// start (`__cluster/meta.properties`) and refuses another later.
     pub cluster_id: String,
     /// Consumer groups: `offsets.topic.num.partitions`, `group.*.session.timeout.ms`,
     /// `group.initial.rebalance.delay.ms`, `group.max.size`, `offset.metadata.max.bytes`,
@@ -70,6 +110,50 @@ pub struct BrokerConfig {
     pub group: GroupConfig,
     /// `offsets.topic.segment.bytes`: segment size of `__consumer_offsets`.
     pub offsets_topic_segment_bytes: u64,
+    /// `sluice.admin.max.connections`: admin HTTP connections served at once; one more is
+    /// answered 503 and closed.
+    pub admin_max_connections: usize,
+    /// `sluice.admin.request.timeout.ms`: time from accept for a whole admin HTTP request
+    /// head to arrive (and, again, for its response to be written).
+    pub admin_request_timeout_ms: u64,
+    /// `max.request.partition.size.limit`: the most partitions one DescribeTopicPartitions
+    /// response describes, whatever the client asks.
+    pub max_request_partition_size_limit: i32,
+    /// `process.roles`: `broker`, `controller`, or both (the default, `broker,controller`).
+    pub roles: Roles,
+    /// `controller.quorum.voters` (`id@host:port,...`): the metadata quorum's voters. Empty
+    /// (the default) is a quorum of this node alone.
+    pub quorum_voters: Vec<replication::wire::Voter>,
+    /// `controller.listener.names`: the listener names in `listeners` that carry inter-node
+    /// traffic (default `CONTROLLER`).
+    pub controller_listener_names: Vec<String>,
+    /// The CONTROLLER entry of `listeners`, if any.
+    pub controller_listen: Option<SocketAddr>,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    /// `broker.heartbeat.interval.ms` (2000).
+    pub broker_heartbeat_interval_ms: u64,
+    /// `broker.session.timeout.ms` (9000): a broker not heard from for this long is fenced.
+    pub broker_session_timeout_ms: u64,
+    /// `controller.quorum.election.timeout.ms` (1000): a voter that hears no leader for
+    /// this long (drawn between it and twice it) campaigns.
+    pub quorum_election_timeout_ms: u64,
+    /// `controller.quorum.fetch.timeout.ms` (2000).
+    pub quorum_fetch_timeout_ms: u64,
+    /// `metadata.log.max.record.bytes.between.snapshots` (20 MiB): log bytes applied after
+    /// which the metadata image is snapshotted and older log files deleted.
+    pub metadata_snapshot_after_bytes: u64,
+    /// `controller.quorum.request.timeout.ms` (2000): connect, Hello and call timeout
+    /// between nodes.
+    pub quorum_request_timeout_ms: u64,
+    /// `sluice.controller.frame.max.bytes` (16 MiB): largest inter-node frame accepted.
+    pub controller_frame_max_bytes: usize,
+    /// `sluice.metadata.commit.timeout.ms` (30000): how long a metadata change waits to be
+    /// committed before its request fails.
+    pub metadata_commit_timeout_ms: u64,
+    /// The known properties the file, the environment or the flags set (DescribeConfigs
+    /// reports these as STATIC_BROKER_CONFIG, the rest as DEFAULT_CONFIG).
+    pub set_properties: BTreeSet<String>,
 }
 
 impl Default for BrokerConfig {
@@ -88,9 +172,19 @@ impl Default for BrokerConfig {
             delete_topic_enable: true,
             socket_request_max_bytes: 104_857_600,
             message_max_bytes: 1_048_588,
+            message_decompressed_max_bytes: 64 << 20,
+            message_timestamp_before_max_ms: i64::MAX,
+            message_timestamp_after_max_ms: 3_600_000,
             shard_inbox_capacity: 1024,
             io_memory_bytes: 1 << 20,
-            max_connections_per_shard: 4096,
+            max_connections: 65_536,
+            max_connections_per_ip: i32::MAX as usize,
+            connections_max_idle_ms: 600_000,
+            request_read_timeout_ms: 60_000,
+            connection_write_timeout_ms: 60_000,
+            fetch_max_bytes: 57_671_680,
+            shard_response_memory_bytes: 512 << 20,
+            debug_panic_shard: None,
             connection_pipeline_depth: 16,
             queued_max_request_bytes: 256 << 20,
             fetch_max_wait_ms_max: 30_000,
@@ -101,6 +195,26 @@ impl Default for BrokerConfig {
             cluster_id: "sluice-single-node".into(),
             group: GroupConfig::default(),
             offsets_topic_segment_bytes: 100 << 20,
+            admin_max_connections: 64,
+            admin_request_timeout_ms: 5_000,
+            max_request_partition_size_limit: 2000,
+            roles: Roles {
+                broker: true,
+                controller: true,
+            },
+            quorum_voters: Vec::new(),
+            controller_listener_names: vec!["CONTROLLER".into()],
+            controller_listen: None,
+            rack: None,
+            broker_heartbeat_interval_ms: 2_000,
+            broker_session_timeout_ms: 9_000,
+            quorum_election_timeout_ms: 1_000,
+            quorum_fetch_timeout_ms: 2_000,
+            metadata_snapshot_after_bytes: 20 << 20,
+            metadata_commit_timeout_ms: 30_000,
+            quorum_request_timeout_ms: 2_000,
+            controller_frame_max_bytes: 16 << 20,
+            set_properties: BTreeSet::new(),
         }
     }
 }
@@ -147,6 +261,47 @@ where
         .map_err(|e| anyhow::anyhow!("property {key}={value}: {e}"))
 }
 
+/// `process.roles`: a comma-separated subset of `broker` and `controller`.
+fn parse_roles(value: &str) -> Result<Roles> {
+    let mut roles = Roles {
+        broker: false,
+        controller: false,
+    };
+    for r in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        match r {
+            "broker" => roles.broker = true,
+            "controller" => roles.controller = true,
+            other => bail!("process.roles: unknown role {other:?} (broker, controller)"),
+        }
+    }
+    if !roles.broker && !roles.controller {
+        bail!("process.roles names no role (broker, controller)");
+    }
+    Ok(roles)
+}
+
+/// Splits `listeners` into the client listener (the first entry whose name is not a
+/// controller listener) and the controller listener.
+fn split_listeners(
+    value: &str,
+    controller_names: &[String],
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+    let (mut client, mut controller) = (None, None);
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let name = entry
+            .split_once("://")
+            .map(|(n, _)| n)
+            .unwrap_or("PLAINTEXT");
+        let addr = listener_addr(entry)?;
+        if controller_names.iter().any(|c| c == name) {
+            controller.get_or_insert(addr);
+        } else {
+            client.get_or_insert(addr);
+        }
+    }
+    Ok((client, controller))
+}
+
 fn listener_addr(value: &str) -> Result<SocketAddr> {
     // Accept `PLAINTEXT://host:port` (first listener) or plain `host:port`.
     let first = value.split(',').next().unwrap_or("").trim();
@@ -168,9 +323,56 @@ impl BrokerConfig {
     /// Applies properties in order; unknown keys are logged and ignored, as Kafka does.
     pub fn apply(&mut self, props: &BTreeMap<String, String>) -> Result<()> {
         let mut advertised: Option<String> = None;
+        let mut listeners: Option<String> = None;
         for (key, value) in props {
+            self.set_properties.insert(key.clone());
             match key.as_str() {
-                "listeners" => self.listen = listener_addr(value)?,
+                "listeners" => listeners = Some(value.clone()),
+                "process.roles" => self.roles = parse_roles(value)?,
+                "controller.quorum.voters" => {
+                    self.quorum_voters = replication::quorum::voters::parse_voters(value)
+                        .map_err(|e| anyhow::anyhow!("controller.quorum.voters: {e}"))?
+                }
+                "controller.listener.names" => {
+                    self.controller_listener_names = value
+                        .split(',')
+                        .map(|n| n.trim().to_owned())
+                        .filter(|n| !n.is_empty())
+                        .collect()
+                }
+                "broker.rack" => {
+                    self.rack = Some(value.trim().to_owned()).filter(|r| !r.is_empty())
+                }
+                "broker.heartbeat.interval.ms" => {
+                    self.broker_heartbeat_interval_ms =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "broker.session.timeout.ms" => {
+                    self.broker_session_timeout_ms =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "controller.quorum.election.timeout.ms" => {
+                    self.quorum_election_timeout_ms =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "controller.quorum.fetch.timeout.ms" => {
+                    self.quorum_fetch_timeout_ms = parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "metadata.log.max.record.bytes.between.snapshots" => {
+                    self.metadata_snapshot_after_bytes =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "controller.quorum.request.timeout.ms" => {
+                    self.quorum_request_timeout_ms =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "sluice.controller.frame.max.bytes" => {
+                    self.controller_frame_max_bytes = parse::<usize>(key, value)?.max(1 << 16)
+                }
+                "sluice.metadata.commit.timeout.ms" => {
+                    self.metadata_commit_timeout_ms =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
                 "advertised.listeners" => advertised = Some(value.clone()),
                 "log.dirs" | "log.dir" => {
                     self.data_dir = PathBuf::from(value.split(',').next().unwrap_or(value).trim())
@@ -182,10 +384,35 @@ impl BrokerConfig {
                 "delete.topic.enable" => self.delete_topic_enable = parse(key, value)?,
                 "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
                 "message.max.bytes" => self.message_max_bytes = parse(key, value)?,
+                "sluice.message.decompressed.max.bytes" => {
+                    self.message_decompressed_max_bytes = parse(key, value)?
+                }
+                "log.message.timestamp.before.max.ms" => {
+                    self.message_timestamp_before_max_ms = parse(key, value)?
+                }
+                "log.message.timestamp.after.max.ms" => {
+                    self.message_timestamp_after_max_ms = parse(key, value)?
+                }
                 "sluice.shard.inbox.capacity" => self.shard_inbox_capacity = parse(key, value)?,
                 "sluice.io.memory.bytes" => self.io_memory_bytes = parse(key, value)?,
                 "queued.max.request.bytes" => self.queued_max_request_bytes = parse(key, value)?,
-                "max.connections" => self.max_connections_per_shard = parse(key, value)?,
+                "max.connections" => self.max_connections = parse(key, value)?,
+                "max.connections.per.ip" => self.max_connections_per_ip = parse(key, value)?,
+                "connections.max.idle.ms" => self.connections_max_idle_ms = parse(key, value)?,
+                "sluice.request.read.timeout.ms" => {
+                    self.request_read_timeout_ms = parse(key, value)?
+                }
+                "sluice.connection.write.timeout.ms" => {
+                    self.connection_write_timeout_ms = parse(key, value)?
+                }
+                "fetch.max.bytes" => self.fetch_max_bytes = parse(key, value)?,
+                "max.request.partition.size.limit" => {
+                    self.max_request_partition_size_limit = parse(key, value)?
+                }
+                "sluice.debug.panic.shard" => self.debug_panic_shard = Some(parse(key, value)?),
+                "sluice.shard.response.memory.bytes" => {
+                    self.shard_response_memory_bytes = parse(key, value)?
+                }
                 "sluice.connection.pipeline.depth" => {
                     self.connection_pipeline_depth = parse(key, value)?
                 }
@@ -196,6 +423,9 @@ impl BrokerConfig {
                 "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
                 "sluice.log.preallocate.bytes" => self.log.preallocate_bytes = parse(key, value)?,
                 "sluice.log.write.buffer.bytes" => self.log.write_buffer_bytes = parse(key, value)?,
+                "sluice.log.segment.offsets.max" => {
+                    self.log.segment_offsets_max = parse(key, value)?
+                }
                 "producer.id.expiration.check.interval.ms" => {
                     self.producer_id_expiration_check_interval_ms = parse(key, value)?
                 }
@@ -243,10 +473,24 @@ impl BrokerConfig {
                 "sluice.group.member.metadata.max.bytes" => {
                     self.group.member_metadata_max_bytes = parse(key, value)?
                 }
+                "sluice.admin.max.connections" => {
+                    self.admin_max_connections = parse::<std::num::NonZeroUsize>(key, value)?.get()
+                }
+                "sluice.admin.request.timeout.ms" => {
+                    self.admin_request_timeout_ms = parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
                 _ => {
+                    self.set_properties.remove(key);
                     tracing::warn!(property = %key, "unknown or not yet supported property ignored")
                 }
             }
+        }
+        if let Some(l) = listeners {
+            let (client, controller) = split_listeners(&l, &self.controller_listener_names)?;
+            if let Some(c) = client {
+                self.listen = c;
+            }
+            self.controller_listen = controller;
         }
         match advertised {
             Some(a) => {
@@ -267,6 +511,26 @@ impl BrokerConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms {
+            bail!("broker.session.timeout.ms must be larger than broker.heartbeat.interval.ms");
+        }
+        if !self.quorum_voters.is_empty()
+            && !self.quorum_voters.iter().any(|v| v.node_id == self.node_id)
+            && self.roles.controller
+        {
+            bail!(
+                "node.id {} has the controller role but is not in controller.quorum.voters",
+                self.node_id
+            );
+        }
+        // Broker-only and controller-only nodes need a non-voting metadata follower; until
+        // that exists every node is both (Kafka's "combined" mode).
+        if !(self.roles.broker && self.roles.controller) {
+            bail!(
+                "this build runs combined nodes only (process.roles=broker,controller); \
+                 broker-only and controller-only roles come later"
+            );
+        }
         if self.smp == 0 {
             bail!("sluice.smp must be at least 1");
         }
@@ -278,6 +542,18 @@ impl BrokerConfig {
         }
         if self.queued_max_request_bytes < self.socket_request_max_bytes {
             bail!("queued.max.request.bytes must be at least socket.request.max.bytes");
+        }
+        if self.connections_max_idle_ms == 0
+            || self.request_read_timeout_ms == 0
+            || self.connection_write_timeout_ms == 0
+        {
+            bail!("connection timeouts must be positive");
+        }
+        if self.fetch_max_bytes == 0 || self.shard_response_memory_bytes < self.fetch_max_bytes {
+            bail!("sluice.shard.response.memory.bytes must be at least fetch.max.bytes (> 0)");
+        }
+        if self.max_request_partition_size_limit < 1 {
+            bail!("max.request.partition.size.limit must be at least 1");
         }
         if self.connection_pipeline_depth == 0 {
             bail!("sluice.connection.pipeline.depth must be at least 1");

@@ -5,14 +5,18 @@ mod api;
 mod cli;
 mod config;
 mod controller;
+mod controller_client;
 mod errors;
 mod group;
 mod handlers;
 mod metadata;
+mod metadata_log;
 mod metrics;
+mod peers;
 mod runtime;
 mod server;
 mod shard;
+mod shard_table;
 mod topic_config;
 
 use std::collections::BTreeMap;
@@ -82,6 +86,9 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr on a full disk) is dropped: reporting
+        // it would `eprintln!`, which panics on that same full stderr and ends the broker.
+        .log_internal_errors(false)
         .init();
     // glommio logs through the `log` crate; route it into tracing.
     let _ = tracing_log::LogTracer::init();

@@ -1,17 +1,20 @@
-//! The cluster metadata image: topics, their ids, partitions and the shard that owns each.
+//! The shards' view of the cluster metadata: topics, their ids, partitions and each
+//! partition's shard index (which local shard serves it is node-local: `shard_table.rs`).
 //!
-//! The controller (shard 0) holds the authoritative copy, persists it, and sends every
-//! shard an immutable snapshot (`Arc<MetadataImage>`) in version order; shards only read
-//! their copy. On disk it is `<data dir>/__cluster/metadata.json`, written atomically
-//! (temp file, fsync, rename, directory fsync):
+//! The controller (shard 0) derives it from the committed `ClusterImage` of the metadata
+//! log (`metadata_log.rs`) and sends every shard an immutable snapshot
+//! (`Arc<MetadataImage>`) in offset order; shards only read their copy.
+//!
+//! Before the metadata log, the image lived in `<data dir>/__cluster/metadata.json`; that
+//! file is read once at the upgrade (`controller.rs` turns it into the first records):
 //!
 //! ```json
 //! {"version": 3, "topics": {"orders": {"id": "<32 hex>", "partitions": [{"shard": 0}, …],
 //!   "configs": {}}}, "next_producer_id": 2000}
 //! ```
 //!
-//! A partition's shard is chosen at creation and kept across restarts; if the broker later
-//! runs with fewer shards, partition `p` of a shard `s >= smp` is served by `s % smp`.
+//! A partition's shard index is chosen at creation and kept across restarts; if the broker
+//! later runs with fewer shards, index `s >= smp` is served by shard `s % smp`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,12 +22,61 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
+use replication::metadata::ClusterImage;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The shard index the controller chose for a partition: the same on every broker that
+/// holds a replica, so that replication pairs shard `i` with shard `i`. Which local shard
+/// serves it is node-local (`shard_table.rs`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct ShardIndex(pub u32);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PartitionMeta {
-    pub shard: usize,
+    /// Stored as `shard` (the name it has had since the first version of the file).
+    #[serde(rename = "shard")]
+    pub shard_index: ShardIndex,
+    /// The leading broker, -1 when the partition is offline.
+    #[serde(default = "no_leader")]
+    pub leader: i32,
+    /// The brokers holding a replica; empty in a pre-quorum file (the node itself).
+    #[serde(default)]
+    pub replicas: Vec<i32>,
+    #[serde(default)]
+    pub isr: Vec<i32>,
+}
+
+fn no_leader() -> i32 {
+    -1
+}
+
+impl PartitionMeta {
+    /// A partition of this node alone, on shard index `index` (tests).
+    #[cfg(test)]
+    pub fn on_shard(index: u32) -> PartitionMeta {
+        PartitionMeta {
+            shard_index: ShardIndex(index),
+            leader: -1,
+            replicas: Vec::new(),
+            isr: Vec::new(),
+        }
+    }
+
+    /// Whether broker `node` holds a replica (a pre-quorum partition is the node's own).
+    pub fn is_on(&self, node: i32) -> bool {
+        self.replicas.is_empty() || self.replicas.contains(&node)
+    }
+}
+
+/// A registered broker as clients are told of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BrokerMeta {
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -54,9 +106,65 @@ pub struct MetadataImage {
     /// stay unique across restarts).
     #[serde(default)]
     pub next_producer_id: i64,
+    /// Registered brokers by node id.
+    #[serde(default)]
+    pub brokers: BTreeMap<i32, BrokerMeta>,
 }
 
 impl MetadataImage {
+    /// The shards' view of the committed cluster image: its topics by name, each
+    /// partition's shard index, configs and the producer-id counter; `version` is the
+    /// image's offset in the metadata log.
+    pub fn from_cluster(image: &ClusterImage) -> MetadataImage {
+        MetadataImage {
+            version: image.offset,
+            topics: image
+                .topic_ids
+                .keys()
+                .filter_map(|name| Some((name.clone(), Self::topic_meta(image, name)?)))
+                .collect(),
+            next_producer_id: image.next_producer_id,
+            brokers: image
+                .brokers
+                .iter()
+                .map(|(id, b)| {
+                    let e = b
+                        .endpoints
+                        .iter()
+                        .find(|e| e.name == "PLAINTEXT")
+                        .or(b.endpoints.first());
+                    let meta = BrokerMeta {
+                        host: e.map(|e| e.host.clone()).unwrap_or_default(),
+                        port: e.map_or(0, |e| e.port),
+                        rack: b.rack.clone(),
+                        fenced: b.fenced,
+                    };
+                    (*id, meta)
+                })
+                .collect(),
+        }
+    }
+
+    /// One topic of `image` as the shards see it.
+    pub fn topic_meta(image: &ClusterImage, name: &str) -> Option<TopicMeta> {
+        let (id, t) = image.topic(name)?;
+        Some(TopicMeta {
+            id: id.to_string(),
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| PartitionMeta {
+                    shard_index: ShardIndex(p.shard_index),
+                    leader: p.leader,
+                    replicas: p.replicas.clone(),
+                    isr: p.isr.clone(),
+                })
+                .collect(),
+            configs: t.configs.clone(),
+        })
+    }
+
+    /// Where the image lived before the metadata log (read once, to migrate it).
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join("__cluster").join("metadata.json")
     }
@@ -71,6 +179,8 @@ impl MetadataImage {
         }
     }
 
+    /// Writes the pre-quorum file (tests make old data directories with it).
+    #[cfg(test)]
     pub fn store(&self, data_dir: &Path) -> Result<()> {
         let path = Self::path(data_dir);
         let dir = path.parent().expect("metadata path has a parent");
@@ -83,14 +193,10 @@ impl MetadataImage {
     }
 
     pub fn topic_by_id(&self, id: Uuid) -> Option<(&String, &TopicMeta)> {
-        self.topics.iter().find(|(_, t)| t.uuid() == id)
-    }
-
-    /// The shard that serves `partition` of `topic` with `smp` shards running.
-    pub fn shard_of(&self, topic: &str, partition: i32, smp: usize) -> Option<usize> {
-        let t = self.topics.get(topic)?;
-        let p = t.partitions.get(usize::try_from(partition).ok()?)?;
-        Some(p.shard % smp)
+        // Compared as stored (32 lowercase hex digits): Produce and Fetch name topics by id
+        // from v13, so this runs per request and parses nothing.
+        let hex = id.simple().to_string();
+        self.topics.iter().find(|(_, t)| t.id == hex)
     }
 }
 
@@ -125,13 +231,18 @@ pub fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
 }
 
-/// 16 random bytes from the kernel, as 32 hex digits (topic ids).
-pub fn random_id() -> String {
+/// 16 random bytes from the kernel (topic ids, incarnation ids).
+pub fn random_bytes() -> [u8; 16] {
     let mut bytes = [0u8; 16];
     // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr() as *mut libc::c_void, bytes.len(), 0) };
     assert_eq!(n, 16, "getrandom failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes
+}
+
+/// 16 random bytes as 32 hex digits.
+pub fn random_id() -> String {
+    random_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -147,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn image_round_trips_and_maps_shards() {
+    fn image_round_trips_in_the_first_versions_format() {
         let dir = tempfile::tempdir().unwrap();
         let mut img = MetadataImage {
             version: 2,
@@ -157,15 +268,16 @@ mod tests {
             "t".into(),
             TopicMeta {
                 id: random_id(),
-                partitions: vec![PartitionMeta { shard: 0 }, PartitionMeta { shard: 3 }],
+                partitions: vec![PartitionMeta::on_shard(0), PartitionMeta::on_shard(3)],
                 configs: BTreeMap::new(),
             },
         );
         img.store(dir.path()).unwrap();
         let back = MetadataImage::load(dir.path()).unwrap();
         assert_eq!(back, img);
-        assert_eq!(back.shard_of("t", 1, 2), Some(1));
-        assert_eq!(back.shard_of("t", 2, 2), None);
+        // Data directories written before the shard index had a type read unchanged.
+        let text = std::fs::read_to_string(MetadataImage::path(dir.path())).unwrap();
+        assert!(text.contains("\"shard\": 3"), "{text}");
         let id = back.topics["t"].uuid();
         assert_eq!(back.topic_by_id(id).unwrap().0, "t");
     }

@@ -47,6 +47,12 @@ pub struct Metrics {
     pub requests_pipelined: Cell<u64>,
     /// Jobs this shard sent to other shards.
     pub cross_core_sent: Cell<u64>,
+    /// Connections closed at accept: over `max.connections` or `max.connections.per.ip`.
+    pub connections_refused: Cell<u64>,
+    /// Connections closed because a frame did not arrive or a reply was not read in time.
+    pub connections_timed_out: Cell<u64>,
+    /// Connection warnings left out of the log by the rate limit.
+    pub log_lines_suppressed: Cell<u64>,
 }
 
 impl Metrics {
@@ -80,6 +86,9 @@ pub struct ShardSnapshot {
     pub connections_total: u64,
     pub requests_pipelined: u64,
     pub cross_core_sent: u64,
+    pub connections_refused: u64,
+    pub connections_timed_out: u64,
+    pub log_lines_suppressed: u64,
     pub sync_latency: SyncLatency,
     pub partitions: Vec<PartitionStats>,
     /// (group, topic, partition, committed offset) of the groups this shard coordinates.
@@ -167,7 +176,7 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             );
         }
     }
-    let per_shard: [ShardFamily; 6] = [
+    let per_shard: [ShardFamily; 9] = [
         (
             "sluice_bytes_received_total",
             "counter",
@@ -203,6 +212,24 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             "counter",
             "Jobs sent to other shards.",
             |s| s.cross_core_sent,
+        ),
+        (
+            "sluice_connections_refused_total",
+            "counter",
+            "Connections closed at accept (max.connections, max.connections.per.ip).",
+            |s| s.connections_refused,
+        ),
+        (
+            "sluice_connections_timed_out_total",
+            "counter",
+            "Connections closed: a frame did not arrive or a reply was not read in time.",
+            |s| s.connections_timed_out,
+        ),
+        (
+            "sluice_log_lines_suppressed_total",
+            "counter",
+            "Connection warnings left out of the log by its rate limit.",
+            |s| s.log_lines_suppressed,
         ),
     ];
     for (name, kind, help, get) in per_shard {

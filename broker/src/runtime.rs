@@ -24,8 +24,84 @@ enum Event {
     Signal(i32),
 }
 
+/// Exit code of a process ended by a panic in any thread.
+const PANIC_EXIT_CODE: i32 = 70;
+
+/// A panic anywhere ends the whole process. A shard that panics takes its partitions, its
+/// listener and its part of every cross-shard request with it, while the rest would keep
+/// answering health checks and never finish a shutdown; a supervisor (systemd's
+/// `Restart=on-failure`) restarts a process that exits, and recovery does the rest.
+fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(not a string)");
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        tracing::error!(thread = name, panic = message, %location, "panic: the broker exits");
+        default_hook(info);
+        // SAFETY: _exit ends the process at once; nothing after it runs.
+        unsafe { libc::_exit(PANIC_EXIT_CODE) };
+    }));
+}
+
+/// Raises the soft descriptor limit to the hard one. Every connection, segment file and
+/// index costs a descriptor, and the soft limit a shell or container hands out (often 1024)
+/// runs out long before the hard one. Kafka leaves raising it to the operator; the hard
+/// limit is the operator's word on how many the broker may have, so it takes them all.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot read the open files limit");
+        return;
+    }
+    let before = lim.rlim_cur;
+    // An unlimited hard limit cannot be the soft one: the kernel caps descriptors at
+    // fs.nr_open.
+    let target = if lim.rlim_max == libc::RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(lim.rlim_cur)
+    } else {
+        lim.rlim_max
+    };
+    if lim.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the rlimit we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        } else {
+            // The broker runs with what it has; the accept loops back off if it runs out.
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(soft = before, hard = lim.rlim_max, error = %e, "cannot raise the open files limit");
+        }
+    }
+    tracing::info!(
+        soft = lim.rlim_cur,
+        hard = lim.rlim_max,
+        was = before,
+        "open files limit"
+    );
+}
+
 /// Runs the broker until SIGTERM or SIGINT.
 pub fn run(config: BrokerConfig) -> Result<()> {
+    install_panic_hook();
+    raise_open_files_limit();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config)?;
@@ -107,6 +183,16 @@ pub fn run(config: BrokerConfig) -> Result<()> {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into());
             tracing::info!(%listen, shards = config.smp, data_dir = %config.data_dir.display(), %admin, "sluice ready");
+            if let Some(target) = config.debug_panic_shard {
+                // Fault injection for tests: a shard that panics must end the process.
+                if let Some(inbox) = senders.get(target) {
+                    let _ = inbox.send(Box::new(move |_shard: std::rc::Rc<Shard>| {
+                        Box::pin(async move {
+                            panic!("sluice.debug.panic.shard={target}: injected panic");
+                        })
+                    }));
+                }
+            }
             match events_rx.recv() {
                 Ok(Event::Signal(sig)) => tracing::info!(signal = sig, "shutting down"),
                 Ok(Event::Failed(e)) => failed = Some(e),
@@ -196,6 +282,23 @@ fn shutdown(senders: &[flume::Sender<ShardJob>]) {
             let _ = rx.recv();
         }
     };
+    // Controlled shutdown first (a cluster only): the active controller fences this broker
+    // and moves its leaderships, so that clients go elsewhere at once and a restart
+    // registers without waiting for the old session to expire.
+    if let Some(first) = senders.first() {
+        let (tx, rx) = flume::bounded::<()>(1);
+        let job: ShardJob = Box::new(move |shard| {
+            Box::pin(async move {
+                if let Some(c) = shard.controller.clone() {
+                    c.controlled_shutdown().await;
+                }
+                let _ = tx.send(());
+            })
+        });
+        if first.send(job).is_ok() {
+            let _ = rx.recv();
+        }
+    }
     phase(&|| {
         Box::new(|s: std::rc::Rc<Shard>| Box::pin(async move { s.drain(SHUTDOWN_DRAIN).await }))
     });

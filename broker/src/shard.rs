@@ -15,8 +15,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::Result;
-use replication::{BrokerId, LeaderEpoch, Partition};
-use storage::{GroupCommit, Log};
+use replication::{Append, BrokerId, Isolation, LeaderEpoch, Partition};
+use storage::GroupCommit;
 
 use crate::config::BrokerConfig;
 use crate::controller::Controller;
@@ -24,6 +24,7 @@ use crate::group::records::{decode_batches, encode_batch};
 use crate::group::{Coordinator, Write, OFFSETS_TOPIC};
 use crate::metadata::{partition_dir, MetadataImage};
 use crate::metrics::{Metrics, PartitionStats, ShardSnapshot};
+use crate::shard_table::ShardTable;
 
 /// Index of a shard, 0-based (glommio executor ids start at 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,6 +49,8 @@ pub struct Shard {
     pub config: Arc<BrokerConfig>,
     peers: Vec<flume::Sender<ShardJob>>,
     metadata: RefCell<Arc<MetadataImage>>,
+    /// Which local shard serves each partition of `metadata` (node-local placement).
+    shard_table: RefCell<Arc<ShardTable>>,
     partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
     pub commit: Rc<GroupCommit>,
     /// Present on the controller shard only.
@@ -62,6 +65,10 @@ pub struct Shard {
     idle: Rc<event_listener::Event>,
     /// Budget of request bytes held in memory (`queued.max.request.bytes`).
     pub request_memory: Rc<glommio::sync::Semaphore>,
+    /// Budget of Fetch response bytes held in memory (`sluice.shard.response.memory.bytes`).
+    pub response_memory: Rc<glommio::sync::Semaphore>,
+    /// Rate limit of this shard's connection-level warnings.
+    pub warn_limiter: crate::server::WarnLimiter,
     /// The port this shard's listener bound (differs from the configured one only when that
     /// was 0); Metadata advertises it when no `advertised.listeners` port is set.
     pub listen_port: Cell<u16>,
@@ -95,12 +102,14 @@ impl Shard {
     ) -> Rc<Shard> {
         let controller = (id.0 == 0).then(|| Rc::new(Controller::new(config.clone())));
         let request_memory_bytes = config.queued_max_request_bytes as u64;
+        let response_memory_bytes = config.shard_response_memory_bytes as u64;
         let groups = RefCell::new(Coordinator::new(config.group.clone()));
         let shard = Rc::new(Shard {
             id,
             config,
             peers,
             metadata: RefCell::new(Arc::new(MetadataImage::default())),
+            shard_table: RefCell::new(Arc::new(ShardTable::default())),
             partitions: RefCell::new(HashMap::new()),
             commit: GroupCommit::new(),
             controller,
@@ -111,6 +120,8 @@ impl Shard {
             inflight: Rc::new(Cell::new(0)),
             idle: Rc::new(event_listener::Event::new()),
             request_memory: Rc::new(glommio::sync::Semaphore::new(request_memory_bytes)),
+            response_memory: Rc::new(glommio::sync::Semaphore::new(response_memory_bytes)),
+            warn_limiter: Default::default(),
             listen_port: Cell::new(0),
             producer_ids: RefCell::new(0..0),
             groups,
@@ -133,6 +144,27 @@ impl Shard {
 
     pub fn metadata(&self) -> Arc<MetadataImage> {
         self.metadata.borrow().clone()
+    }
+
+    /// The local shard serving `partition` of `topic`, if the partition exists.
+    pub fn owner_of(&self, topic: &str, partition: i32) -> Option<ShardId> {
+        self.shard_table.borrow().owner(topic, partition)
+    }
+
+    /// The error for a partition this node does not serve: NOT_LEADER_OR_FOLLOWER when it
+    /// exists on other brokers (the client refreshes metadata and finds the leader),
+    /// UNKNOWN_TOPIC_OR_PARTITION when it does not exist.
+    pub fn not_served(&self, topic: &str, partition: i32) -> kafka_protocol::ResponseError {
+        let image = self.metadata.borrow();
+        let exists = image
+            .topics
+            .get(topic)
+            .is_some_and(|t| usize::try_from(partition).is_ok_and(|p| p < t.partitions.len()));
+        if exists {
+            kafka_protocol::ResponseError::NotLeaderOrFollower
+        } else {
+            kafka_protocol::ResponseError::UnknownTopicOrPartition
+        }
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -180,13 +212,12 @@ impl Shard {
         while !self.is_stopping() {
             glommio::timer::sleep(interval).await;
             let now = crate::handlers::now_ms();
-            let logs: Vec<_> = self
+            let expired: usize = self
                 .partitions
                 .borrow()
                 .values()
-                .map(|p| p.log.clone())
-                .collect();
-            let expired: usize = logs.iter().map(|log| log.expire_producers(now)).sum();
+                .map(|p| p.expire_producers(now))
+                .sum();
             if expired > 0 {
                 tracing::debug!(shard = self.id.0, expired, "idle producers forgotten");
             }
@@ -226,23 +257,29 @@ impl Shard {
         let now = crate::handlers::now_ms();
         let batch = encode_batch(&write.records, now as i64);
         let info = partition
-            .log
-            .append(&batch, partition.leader_epoch.0, usize::MAX, now)
+            .append(Append::Coordinator { records: batch }, now)
             .await?;
-        partition.log.wait_durable(info.end_offset).await
+        partition.wait_committed(info.end_offset).await
     }
 
     /// Replays one `__consumer_offsets` partition into the coordinator, one read window at a
     /// time (memory stays bounded by the window, not the log).
-    async fn load_groups(&self, log: &Log, partition: i32) -> Result<()> {
+    async fn load_groups(&self, log: &Partition, partition: i32) -> Result<()> {
         let mut offset = log.log_start_offset();
-        let end = log.durable_offset();
+        let end = log.high_watermark();
         let mut loaded = 0usize;
         while offset < end {
-            let read = log.read(offset, GROUP_LOAD_READ_BYTES, true).await?;
+            let read = log
+                .read(
+                    offset,
+                    GROUP_LOAD_READ_BYTES,
+                    true,
+                    Isolation::HighWatermark,
+                )
+                .await?;
             let mut next = offset;
             for view in protocol::record_batch::BatchIter::new(&read.records, false) {
-                next = storage::Offset(view.last_offset() + 1);
+                next = storage::Offset(view.last_offset().saturating_add(1));
             }
             match decode_batches(read.records) {
                 Ok(records) => {
@@ -283,6 +320,9 @@ impl Shard {
             connections: m.connections.get(),
             connections_total: m.connections_total.get(),
             requests_pipelined: m.requests_pipelined.get(),
+            connections_refused: m.connections_refused.get(),
+            connections_timed_out: m.connections_timed_out.get(),
+            log_lines_suppressed: m.log_lines_suppressed.get(),
             cross_core_sent: m.cross_core_sent.get(),
             sync_latency: self.commit.sync_latency(),
             partitions: self
@@ -290,11 +330,11 @@ impl Shard {
                 .borrow()
                 .values()
                 .map(|p| PartitionStats {
-                    topic: p.topic.clone(),
-                    partition: p.index,
-                    log_start: p.log.log_start_offset().0,
-                    log_end: p.log.log_end_offset().0,
-                    size_bytes: p.log.size_bytes(),
+                    topic: p.topic().to_owned(),
+                    partition: p.index(),
+                    log_start: p.log_start_offset().0,
+                    log_end: p.log_end_offset().0,
+                    size_bytes: p.size_bytes(),
                 })
                 .collect(),
             committed: groups.all_committed(),
@@ -320,16 +360,16 @@ impl Shard {
         if image.version < self.metadata.borrow().version {
             return Ok(());
         }
-        let smp = self.shard_count();
-        let mut to_open = Vec::new();
-        for (name, topic) in &image.topics {
-            for (p, meta) in topic.partitions.iter().enumerate() {
-                let key = (name.clone(), p as i32);
-                if meta.shard % smp == self.id.0 && !self.partitions.borrow().contains_key(&key) {
-                    to_open.push(key);
-                }
-            }
-        }
+        let table = Arc::new(ShardTable::build(
+            &image,
+            self.shard_count(),
+            self.config.node_id,
+        ));
+        let to_open: Vec<(String, i32)> = table
+            .served_by(self.id)
+            .filter(|(t, p)| !self.partitions.borrow().contains_key(&(t.to_string(), *p)))
+            .map(|(t, p)| (t.to_owned(), p))
+            .collect();
         let gone: Vec<(String, i32)> = self
             .partitions
             .borrow()
@@ -346,7 +386,7 @@ impl Shard {
             let removed = self.partitions.borrow_mut().remove(&key);
             if let Some(p) = removed {
                 tracing::info!(topic = %key.0, partition = key.1, "deleting partition log");
-                if let Err(e) = p.log.delete().await {
+                if let Err(e) = p.delete().await {
                     tracing::warn!(error = %e, "cannot delete partition log");
                 }
             }
@@ -361,7 +401,7 @@ impl Shard {
                 continue;
             };
             if now.configs != before.configs {
-                p.log.set_config(self.log_config(topic, &now.configs));
+                p.set_config(self.log_config(topic, &now.configs));
             }
         }
         for (topic, index) in to_open {
@@ -370,22 +410,26 @@ impl Shard {
                 Some(t) => self.log_config(&topic, &t.configs),
                 None => self.config.log.clone(),
             };
-            let log = Log::open(&dir, config, self.commit.clone()).await?;
-            if topic == OFFSETS_TOPIC {
-                self.load_groups(&log, index).await?;
-            }
-            let partition = Rc::new(Partition {
-                topic: topic.clone(),
+            let partition = Partition::open(
+                &topic,
                 index,
-                log,
-                leader_epoch: LeaderEpoch(0),
-                leader: BrokerId(self.config.node_id),
-            });
+                &dir,
+                config,
+                self.commit.clone(),
+                BrokerId(self.config.node_id),
+                LeaderEpoch(0),
+            )
+            .await?;
+            if topic == OFFSETS_TOPIC {
+                self.load_groups(&partition, index).await?;
+            }
+            let partition = Rc::new(partition);
             self.partitions
                 .borrow_mut()
                 .insert((topic, index), partition);
         }
         *self.metadata.borrow_mut() = image;
+        *self.shard_table.borrow_mut() = table;
         Ok(())
     }
 
@@ -418,13 +462,13 @@ impl Shard {
             let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
             let now = crate::handlers::now_ms();
             for p in parts {
-                match p.log.enforce_retention(now).await {
+                match p.enforce_retention(now).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(topic = %p.topic, partition = p.index, segments = n, start = %p.log.log_start_offset(), "retention applied")
+                        tracing::info!(topic = %p.topic(), partition = p.index(), segments = n, start = %p.log_start_offset(), "retention applied")
                     }
                     Err(e) => {
-                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
+                        tracing::warn!(topic = %p.topic(), partition = p.index(), error = %e, "retention failed")
                     }
                 }
             }
@@ -469,8 +513,8 @@ impl Shard {
         self.stopping.set(true);
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         for p in parts {
-            if let Err(e) = p.log.close().await {
-                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "close failed");
+            if let Err(e) = p.close().await {
+                tracing::warn!(topic = %p.topic(), partition = p.index(), error = %e, "close failed");
             }
         }
         self.commit.stop();

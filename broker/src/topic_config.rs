@@ -5,7 +5,8 @@
 //! broker default, reported as such by DescribeConfigs. Honoured by the log today:
 //! `segment.bytes`, `segment.ms`, `index.interval.bytes`, `retention.ms`, `retention.bytes`,
 //! `cleanup.policy` (a topic that is only `compact` is not trimmed by time or size and refuses
-//! records without a key; compaction itself is later work), `max.message.bytes`,
+//! records without a key; compaction itself is later work; an empty policy keeps everything,
+//! as Kafka's KIP-1161), `max.message.bytes`,
 //! `message.timestamp.type` and `compression.type` (a fixed codec re-compresses batches that
 //! arrive with another one, as Kafka does). The others are
 //! validated and stored (`min.insync.replicas` takes effect with replication).
@@ -46,7 +47,7 @@ enum Check {
     Any,
     AtLeast(i64),
     OneOf(&'static [&'static str]),
-    /// A comma-separated list whose items come from the set (at least one item).
+    /// A comma-separated list whose items come from the set (possibly none).
     ListOf(&'static [&'static str]),
     Ratio,
 }
@@ -182,13 +183,13 @@ pub const DEFS: &[Def] = &[
         name: "message.timestamp.after.max.ms",
         kind: Kind::Long,
         check: Check::AtLeast(0),
-        default: Default::Fixed(MAX),
+        default: Default::Broker(|b| b.message_timestamp_after_max_ms.to_string()),
     },
     Def {
         name: "message.timestamp.before.max.ms",
         kind: Kind::Long,
         check: Check::AtLeast(0),
-        default: Default::Fixed(MAX),
+        default: Default::Broker(|b| b.message_timestamp_before_max_ms.to_string()),
     },
     Def {
         name: "message.timestamp.difference.max.ms",
@@ -345,9 +346,10 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
                 Err(format!("{}: must be one of {set:?}", bad()))
             }
         }
+        // An empty list is valid, as in Kafka: a topic whose `cleanup.policy` is empty is
+        // neither trimmed nor compacted (KIP-1161).
         Check::ListOf(set) => {
-            let items: Vec<&str> = value.split(',').map(str::trim).collect();
-            if items.is_empty() || items.iter().any(|i| !set.contains(i)) {
+            if list_items(value).iter().any(|i| !set.contains(&i.as_str())) {
                 return Err(format!("{}: items must be from {set:?}", bad()));
             }
             Ok(())
@@ -361,6 +363,29 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             }
         }
     }
+}
+
+/// The value a topic runs with for one config: the value set for it, else the default
+/// ("" for a name that is not a topic config).
+pub fn effective_value(
+    broker: &BrokerConfig,
+    overrides: &BTreeMap<String, String>,
+    name: &str,
+) -> String {
+    match overrides.get(name) {
+        Some(v) => v.clone(),
+        None => def(name).map_or_else(String::new, |d| d.default_value(broker)),
+    }
+}
+
+/// The items of a list config's value (`delete,compact`), trimmed, empty items dropped.
+pub fn list_items(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Every topic config with its value for a topic: `(def, value, set for the topic)`.
@@ -421,6 +446,36 @@ pub fn max_message_bytes(broker: &BrokerConfig, overrides: &BTreeMap<String, Str
     value(broker, overrides, "max.message.bytes").unwrap_or(broker.message_max_bytes)
 }
 
+/// What a client's batches for this topic are checked against (`protocol::validate`), at
+/// broker time `now_ms`.
+pub fn client_rules(
+    broker: &BrokerConfig,
+    overrides: &BTreeMap<String, String>,
+    now_ms: i64,
+    producer_ids_issued_end: i64,
+) -> protocol::validate::ClientRules {
+    let bounds = (!log_append_time(overrides)).then(|| protocol::validate::TimestampBounds {
+        before_max_ms: value(broker, overrides, "message.timestamp.before.max.ms")
+            .unwrap_or(broker.message_timestamp_before_max_ms),
+        after_max_ms: value(broker, overrides, "message.timestamp.after.max.ms")
+            .unwrap_or(broker.message_timestamp_after_max_ms),
+    });
+    protocol::validate::ClientRules {
+        now_ms,
+        timestamp_bounds: bounds,
+        require_keys: compacted(overrides),
+        decompressed_max_bytes: broker.message_decompressed_max_bytes,
+        producer_ids_issued_end,
+    }
+}
+
+/// Whether `cleanup.policy` includes `compact`.
+pub fn compacted(overrides: &BTreeMap<String, String>) -> bool {
+    overrides
+        .get("cleanup.policy")
+        .is_some_and(|p| p.split(',').any(|i| i.trim() == "compact"))
+}
+
 /// The codec a topic stores batches with when `compression.type` names one (`producer`, the
 /// default, keeps what the producer sent).
 pub fn fixed_codec(
@@ -456,6 +511,11 @@ mod tests {
         assert!(validate("segment.bytes", "13").is_err());
         assert!(validate("cleanup.policy", "compact,delete").is_ok());
         assert!(validate("cleanup.policy", "shred").is_err());
+        assert!(
+            validate("cleanup.policy", "").is_ok(),
+            "an empty list, as Kafka"
+        );
+        assert!(validate("cleanup.policy", "delete,shred").is_err());
         assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());
         assert!(validate("message.timestamp.type", "Now").is_err());
         assert!(validate("preallocate", "maybe").is_err());
@@ -487,5 +547,14 @@ mod tests {
             (-1, -1),
             "compact only: kept"
         );
+        o.insert("cleanup.policy".into(), "".into());
+        let c = log_config(&broker, &o);
+        assert_eq!((c.retention_ms, c.retention_bytes), (-1, -1), "empty: kept");
+        assert!(!compacted(&o));
+        assert_eq!(
+            effective_value(&broker, &BTreeMap::new(), "cleanup.policy"),
+            "delete"
+        );
+        assert_eq!(list_items(" delete, ,compact "), vec!["delete", "compact"]);
     }
 }

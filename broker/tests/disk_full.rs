@@ -79,6 +79,28 @@ fn a_full_disk_refuses_produce_and_recovers_when_space_is_freed() {
     assert_eq!(c.fetch_all("full", 0).len(), acked);
     let b = common::batch(std::slice::from_ref(&payload), 0, Compression::None);
     assert_eq!(c.produce("full", &[(0, b)], -1)[0].1, KAFKA_STORAGE_ERROR);
+    // Metadata changes on the full disk: once the metadata log cannot be written they are
+    // refused with KAFKA_STORAGE_ERROR (not a stopped broker), and stay refused. (The
+    // broker's own log is on the same full disk: its lines are lost, the broker is not.)
+    let mut metadata_refused = None;
+    for i in 0..200 {
+        let code = c.create_topic(&format!("m{i}"), 1);
+        assert!(
+            code == 0 || code == KAFKA_STORAGE_ERROR,
+            "create m{i}: {code}"
+        );
+        if code == KAFKA_STORAGE_ERROR {
+            metadata_refused = Some(i);
+            break;
+        }
+    }
+    let first = metadata_refused.expect("the metadata log never ran out of space");
+    assert!(broker.is_running(), "a full disk stopped the broker");
+    assert_eq!(
+        c.create_topic(&format!("m{}", first + 1), 1),
+        KAFKA_STORAGE_ERROR
+    );
+    assert_eq!(c.fetch_all("full", 0).len(), acked);
 
     // Free space: produce works again.
     std::fs::remove_file(&filler).unwrap();
@@ -98,4 +120,30 @@ fn a_full_disk_refuses_produce_and_recovers_when_space_is_freed() {
         .iter()
         .all(|r| r.value.as_deref() == Some(&payload[..])));
     broker.kill9();
+
+    // Start-up on a full disk: the broker starts, serves reads and refuses produce with
+    // KAFKA_STORAGE_ERROR until space is freed.
+    let filler = mnt.join("filler2");
+    fill(&filler);
+    broker.restart();
+    let mut c = broker.client();
+    assert_eq!(c.fetch_all("full", 0).len(), acked);
+    let b = common::batch(std::slice::from_ref(&payload), 0, Compression::None);
+    assert_eq!(c.produce("full", &[(0, b)], -1)[0].1, KAFKA_STORAGE_ERROR);
+    std::fs::remove_file(&filler).unwrap();
+    let b = common::batch(std::slice::from_ref(&payload), 0, Compression::None);
+    assert_eq!(c.produce("full", &[(0, b)], -1)[0].1, 0);
+    assert_eq!(c.fetch_all("full", 0).len(), acked + 1);
+    broker.kill9();
+}
+
+/// Writes `path` until the filesystem has no space left.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    // Whatever is left below one chunk.
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    let _ = f.sync_all();
 }

@@ -16,7 +16,7 @@ const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 const INVALID_REQUEST: i16 = 42;
 const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
@@ -157,7 +157,7 @@ fn groups_over_the_wire_with_bad_input_and_kill9() {
     let mut c = broker.client();
     assert_eq!(c.create_topic("orders", 4), 0);
 
-    // Batched FindCoordinator: every group is served here; transactions are not yet.
+    // Batched FindCoordinator: every group is served here; transactions are refused, fatally.
     let mut find = FindCoordinatorRequest::default();
     find.key_type = 0;
     find.coordinator_keys = vec![s("a"), s("b"), s("c")];
@@ -170,7 +170,7 @@ fn groups_over_the_wire_with_bad_input_and_kill9() {
     find.key_type = 1;
     assert_eq!(
         c.send(&find, 4).coordinators[0].error_code,
-        COORDINATOR_NOT_AVAILABLE
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED
     );
 
     // Join: an id first, then generation 1 with this member as leader.

@@ -221,5 +221,12 @@ fn metrics_parse_and_move_with_traffic() {
 
     let (_, brokers) = get(admin, "/v1/brokers");
     let brokers: serde_json::Value = serde_json::from_str(&brokers).unwrap();
-    assert_eq!(brokers[0]["shards"], 2);
+    assert_eq!(brokers["this"]["shards"], 2);
+    // The cluster as the metadata log has it: this broker registered and unfenced, and the
+    // controller is this node (a quorum of one).
+    let cluster = &brokers["cluster"];
+    assert_eq!(cluster["controller"], 0, "{brokers}");
+    assert_eq!(cluster["brokers"][0]["node_id"], 0, "{brokers}");
+    assert_eq!(cluster["brokers"][0]["state"], "unfenced", "{brokers}");
+    assert_eq!(cluster["brokers"][0]["shards"], 2, "{brokers}");
 }

@@ -12,7 +12,7 @@ fn both_shards_own_partitions_and_forwarding_works() {
     let data = dir.path().join("data");
     let mut broker = Broker::start(&data, 2, &[]);
     assert_eq!(broker.client().create_topic("spread", 4), 0);
-    let shards = metadata_shards(&data, "spread");
+    let shards = metadata_shards(&broker, "spread");
     assert!(
         shards.contains(&0) && shards.contains(&1),
         "placement {shards:?}"
@@ -45,7 +45,7 @@ fn both_shards_own_partitions_and_forwarding_works() {
     }
     // Placement survives a restart.
     broker.restart();
-    assert_eq!(metadata_shards(&data, "spread"), shards);
+    assert_eq!(metadata_shards(&broker, "spread"), shards);
     let mut client = broker.client();
     for p in 0..4 {
         assert_eq!(client.fetch_all("spread", p).len(), 6);

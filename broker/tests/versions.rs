@@ -17,6 +17,16 @@ fn gid(s: &str) -> GroupId {
     GroupId(StrBytes::from_string(s.to_owned()))
 }
 
+fn topic_id(c: &mut Client, topic: &str) -> uuid::Uuid {
+    let mut t = metadata_request::MetadataRequestTopic::default();
+    t.name = Some(name(topic));
+    let mut req = MetadataRequest::default();
+    req.topics = Some(vec![t]);
+    let id = c.send(&req, 12).topics[0].topic_id;
+    assert!(!id.is_nil());
+    id
+}
+
 fn advertised(c: &mut Client) -> Vec<(i16, i16, i16)> {
     let resp = c.send(&ApiVersionsRequest::default(), 3);
     assert_eq!(resp.error_code, 0);
@@ -37,6 +47,7 @@ fn every_advertised_version_answers() {
     let mut c = broker.client();
     assert_eq!(c.create_topic("v", 2), 0);
     let one: Bytes = batch(&[b"hello".to_vec()], 1_000, Compression::Gzip);
+    let v_id = topic_id(&mut c, "v");
     let apis = advertised(&mut c);
     assert!(apis.len() >= 8);
     for (key, min, max) in apis {
@@ -89,7 +100,12 @@ fn every_advertised_version_answers() {
                     pd.index = 1;
                     pd.records = Some(one.clone());
                     let mut td = produce_request::TopicProduceData::default();
-                    td.name = name("v");
+                    // From v13 the topic is named by its id only.
+                    if v >= 13 {
+                        td.topic_id = v_id;
+                    } else {
+                        td.name = name("v");
+                    }
                     td.partition_data = vec![pd];
                     let mut req = ProduceRequest::default();
                     req.acks = -1;
@@ -103,7 +119,11 @@ fn every_advertised_version_answers() {
                     fp.partition = 1;
                     fp.partition_max_bytes = 1 << 20;
                     let mut ft = fetch_request::FetchTopic::default();
-                    ft.topic = name("v");
+                    if v >= 13 {
+                        ft.topic_id = v_id;
+                    } else {
+                        ft.topic = name("v");
+                    }
                     ft.partitions = vec![fp];
                     let mut req = FetchRequest::default();
                     req.replica_id = BrokerId(-1);
@@ -111,7 +131,9 @@ fn every_advertised_version_answers() {
                     req.topics = vec![ft];
                     c.try_send(&req, v).is_some_and(|r| {
                         let p = &r.responses[0].partitions[0];
-                        p.error_code == 0 && p.records.as_ref().is_some_and(|b| !b.is_empty())
+                        p.error_code == 0
+                            && p.records.as_ref().is_some_and(|b| !b.is_empty())
+                            && (v < 13 || r.responses[0].topic_id == v_id)
                     })
                 }
                 ApiKey::ListOffsets => {
@@ -343,6 +365,34 @@ fn every_advertised_version_answers() {
                 ApiKey::DescribeCluster => c
                     .try_send(&DescribeClusterRequest::default(), v)
                     .is_some_and(|r| r.error_code == 0 && r.brokers.len() == 1),
+                ApiKey::DescribeQuorum => {
+                    let mut t = describe_quorum_request::TopicData::default();
+                    t.topic_name = name("__cluster_metadata");
+                    t.partitions = vec![describe_quorum_request::PartitionData::default()];
+                    let mut req = DescribeQuorumRequest::default();
+                    req.topics = vec![t];
+                    c.try_send(&req, v).is_some_and(|r| {
+                        let p = &r.topics[0].partitions[0];
+                        // A quorum of one: this node leads, holding everything committed.
+                        r.error_code == 0
+                            && p.leader_id.0 == 0
+                            && p.current_voters.len() == 1
+                            && p.current_voters[0].log_end_offset == p.high_watermark
+                    })
+                }
+                ApiKey::DescribeTopicPartitions => {
+                    let mut t = describe_topic_partitions_request::TopicRequest::default();
+                    t.name = name("v");
+                    let mut req = DescribeTopicPartitionsRequest::default();
+                    req.topics = vec![t];
+                    req.response_partition_limit = 2000;
+                    c.try_send(&req, v).is_some_and(|r| {
+                        r.topics.len() == 1
+                            && r.topics[0].error_code == 0
+                            && r.topics[0].topic_id == v_id
+                            && r.topics[0].partitions.len() >= 2
+                    })
+                }
                 ApiKey::DescribeLogDirs => {
                     let mut req = DescribeLogDirsRequest::default();
                     req.topics = None;

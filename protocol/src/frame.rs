@@ -58,6 +58,13 @@ pub enum FrameError {
     },
 }
 
+/// Whether the first four bytes of a connection are a TLS handshake record rather than a
+/// Kafka length prefix: content type 22 (handshake), then a record version 3.0 (SSL 3.0)
+/// to 3.4. Read as a length they would declare a frame of about 369 MB.
+pub fn is_tls_handshake(prefix: [u8; 4]) -> bool {
+    prefix[0] == 0x16 && prefix[1] == 0x03 && prefix[2] <= 0x04
+}
+
 /// Checks the 4-byte length prefix and returns the frame length.
 pub fn frame_length(prefix: [u8; 4], max_bytes: usize) -> Result<usize, FrameError> {
     let length = i32::from_be_bytes(prefix);
@@ -188,6 +195,18 @@ pub fn encode_response(
 mod tests {
     use super::*;
     use kafka_protocol::messages::ApiVersionsRequest;
+
+    #[test]
+    fn tls_records_are_told_from_length_prefixes() {
+        // A TLS 1.0 record header (what OpenSSL's ClientHello starts with) and TLS 1.2's.
+        assert!(is_tls_handshake([0x16, 0x03, 0x01, 0x02]));
+        assert!(is_tls_handshake([0x16, 0x03, 0x03, 0x00]));
+        assert!(!is_tls_handshake([0x16, 0x03, 0x05, 0x00]));
+        assert!(!is_tls_handshake([0x00, 0x00, 0x00, 0x30]));
+        assert!(!is_tls_handshake(
+            0x1603_0000i32.wrapping_sub(1).to_be_bytes()
+        ));
+    }
 
     fn request_frame(api_key: i16, version: i16, header_version: i16, body: &[u8]) -> Bytes {
         let mut header = RequestHeader::default();

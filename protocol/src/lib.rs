@@ -4,7 +4,11 @@
 //!   header v0–v2, response header v0–v1) around the `kafka-protocol` message codecs.
 //! - [`record_batch`]: a zero-copy view of a RecordBatch v2 header (validation, CRC32C,
 //!   base-offset rewrite) that never decodes individual records.
-//! - [`records`]: record-level reads of one batch (decompressing), for ListOffsets by time.
+//! - [`records`]: record-level reads of one batch (decompressing), for ListOffsets by time
+//!   and re-compression for topics with a fixed codec.
+//! - [`compression`]: bounded decompression (a stream that stops at a size limit).
+//! - [`validate`]: the checks a client's batch passes before it is stored (Kafka's
+//!   `LogValidator`), walking every record.
 //! - [`client`]: a blocking request/response connection over any `Read + Write` stream, for
 //!   the tools (CLI, bench).
 //!
@@ -15,9 +19,11 @@
 
 pub mod alloc;
 pub mod client;
+pub mod compression;
 pub mod frame;
 pub mod record_batch;
 pub mod records;
+pub mod validate;
 
 pub use kafka_protocol;
 

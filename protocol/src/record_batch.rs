@@ -122,7 +122,8 @@ impl<'a> RecordBatchView<'a> {
         };
         if view.records_count() < 0
             || view.last_offset_delta() < 0
-            || (view.records_count() > 0 && view.last_offset_delta() + 1 < view.records_count())
+            || (view.records_count() > 0
+                && (view.last_offset_delta() as i64) + 1 < view.records_count() as i64)
         {
             return Err(BatchError::BadRecordCount {
                 records_count: view.records_count(),
@@ -213,9 +214,11 @@ impl<'a> RecordBatchView<'a> {
     pub fn records_count(&self) -> i32 {
         be_i32(self.bytes, 57)
     }
-    /// Offset of the last record: `base_offset + last_offset_delta`.
+    /// Offset of the last record: `base_offset + last_offset_delta` (saturating: a client's
+    /// base offset is any value until the broker rewrites it).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset() + self.last_offset_delta() as i64
+        self.base_offset()
+            .saturating_add(self.last_offset_delta() as i64)
     }
 }
 
@@ -368,6 +371,22 @@ pub(crate) mod tests {
         assert!(matches!(
             RecordBatchView::parse(&zeros),
             Err(BatchError::BadLength { length: 0 })
+        ));
+    }
+
+    #[test]
+    fn extreme_header_values_are_errors_or_saturate_never_panics() {
+        let mut b = make_batch(i64::MAX, 7, b"x");
+        b[23..27].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let v = RecordBatchView::parse_verified(&b).unwrap();
+        assert_eq!(v.last_offset(), i64::MAX);
+        b[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        b[23..27].copy_from_slice(&(i32::MAX - 2).to_be_bytes());
+        assert!(matches!(
+            RecordBatchView::parse(&b),
+            Err(BatchError::BadRecordCount { .. })
         ));
     }
 

@@ -13,7 +13,11 @@ use kafka_protocol::records::{
 };
 use thiserror::Error;
 
-use crate::record_batch::{BatchError, RecordBatchView};
+use crate::compression::records_bytes;
+use crate::record_batch::{
+    BatchError, RecordBatchView, BATCH_HEADER_BYTES, BATCH_LENGTH_PREFIX_BYTES,
+};
+use crate::validate::{walk_records, ClientBatchError};
 
 #[derive(Debug, Error)]
 pub enum RecordsError {
@@ -73,10 +77,12 @@ pub fn encode_plain_batch(
 
 /// The offset and timestamp of the first record in `batch` whose timestamp is at or after
 /// `target` — Kafka's answer to a ListOffsets query by time — or `None` when no record
-/// reaches it. With log-append time every record carries the batch's max timestamp.
+/// reaches it. With log-append time every record carries the batch's max timestamp. The
+/// records are decompressed within `decompressed_max_bytes`.
 pub fn first_record_at_or_after(
     batch: &Bytes,
     target: i64,
+    decompressed_max_bytes: usize,
 ) -> Result<Option<(i64, i64)>, RecordsError> {
     let view = RecordBatchView::parse(batch)?;
     if view.max_timestamp() < target {
@@ -86,22 +92,67 @@ pub fn first_record_at_or_after(
         return Ok(Some((view.base_offset(), view.max_timestamp())));
     }
     let base_offset = view.base_offset();
-    let mut buf = batch.slice(..view.size_bytes());
-    let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| RecordsError::Decode {
+    let decode = |reason: String| RecordsError::Decode {
         base_offset,
-        reason: e.to_string(),
-    })?;
-    Ok(set
-        .records
-        .iter()
-        .find(|r| r.timestamp >= target)
-        .map(|r| (r.offset, r.timestamp)))
+        reason,
+    };
+    let records =
+        records_bytes(&view, decompressed_max_bytes).map_err(|e| decode(e.to_string()))?;
+    let mut found = None;
+    let walked = walk_records::<ClientBatchError>(
+        &records,
+        view.records_count().max(0),
+        view.base_timestamp(),
+        |r| {
+            if found.is_none() && r.timestamp >= target {
+                found = Some((base_offset + r.offset_delta as i64, r.timestamp));
+            }
+            Ok(())
+        },
+    );
+    match (found, walked) {
+        (Some(hit), _) => Ok(Some(hit)),
+        (None, Ok(())) => Ok(None),
+        (None, Err(e)) => Err(decode(e.to_string())),
+    }
+}
+
+/// `view` as an uncompressed batch with the same header fields and records (the codec bits
+/// cleared, length and CRC recomputed), decompressing within `decompressed_max_bytes`.
+fn uncompressed_equivalent(
+    view: &RecordBatchView<'_>,
+    decompressed_max_bytes: usize,
+) -> Result<BytesMut, RecordsError> {
+    let records =
+        records_bytes(view, decompressed_max_bytes).map_err(|e| RecordsError::Decode {
+            base_offset: view.base_offset(),
+            reason: e.to_string(),
+        })?;
+    let header = &view.as_bytes()[..BATCH_HEADER_BYTES];
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + records.len());
+    out.extend_from_slice(header);
+    // The decoder adds offset deltas to the base offset: a client's base offset is any value
+    // (the broker assigns offsets on append), so decode from 0.
+    out[0..8].copy_from_slice(&0i64.to_be_bytes());
+    out.extend_from_slice(&records);
+    let length = (out.len() - BATCH_LENGTH_PREFIX_BYTES) as i32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    let attributes = view.attributes() & !0x7;
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c::crc32c(&out[21..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
 }
 
 /// Re-encodes every batch in `batches` whose codec is not `target` (one batch out per batch
 /// in, records, producer fields and timestamps unchanged), as Kafka does for a topic with a
-/// fixed `compression.type`. `None` when every batch already uses `target`.
-pub fn recompress(batches: &Bytes, target: Codec) -> Result<Option<Bytes>, RecordsError> {
+/// fixed `compression.type`. `None` when every batch already uses `target`. Decompression is
+/// bounded by `decompressed_max_bytes` per batch.
+pub fn recompress(
+    batches: &Bytes,
+    target: Codec,
+    decompressed_max_bytes: usize,
+) -> Result<Option<Bytes>, RecordsError> {
     let wanted = match target {
         Codec::None => crate::record_batch::Compression::None,
         Codec::Gzip => crate::record_batch::Compression::Gzip,
@@ -119,12 +170,14 @@ pub fn recompress(batches: &Bytes, target: Codec) -> Result<Option<Bytes>, Recor
             let view = RecordBatchView::parse(&rest)?;
             (view.size_bytes(), view.base_offset(), view.compression())
         };
-        let mut one = rest.split_to(size);
+        let one = rest.split_to(size);
         if codec == wanted {
             out.extend_from_slice(&one);
             continue;
         }
-        let set = RecordBatchDecoder::decode(&mut one).map_err(|e| RecordsError::Decode {
+        let view = RecordBatchView::parse(&one)?;
+        let mut plain = uncompressed_equivalent(&view, decompressed_max_bytes)?.freeze();
+        let set = RecordBatchDecoder::decode(&mut plain).map_err(|e| RecordsError::Decode {
             base_offset,
             reason: e.to_string(),
         })?;
@@ -187,7 +240,9 @@ mod tests {
     fn recompression_keeps_records_and_changes_the_codec() {
         use crate::record_batch::{BatchIter, Compression as Stored};
         let original = batch(0, &[1, 2, 3], Compression::Gzip);
-        let out = recompress(&original, Compression::Zstd).unwrap().unwrap();
+        let out = recompress(&original, Compression::Zstd, 1 << 20)
+            .unwrap()
+            .unwrap();
         let views: Vec<_> = BatchIter::new(&out, true).collect();
         assert_eq!(views.len(), 1);
         assert_eq!(views[0].compression(), Stored::Zstd);
@@ -205,10 +260,14 @@ mod tests {
             assert_eq!(x.headers, y.headers);
         }
         assert!(
-            recompress(&out, Compression::Zstd).unwrap().is_none(),
+            recompress(&out, Compression::Zstd, 1 << 20)
+                .unwrap()
+                .is_none(),
             "already zstd"
         );
-        let plain = recompress(&original, Compression::None).unwrap().unwrap();
+        let plain = recompress(&original, Compression::None, 1 << 20)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             BatchIter::new(&plain, true).next().unwrap().compression(),
             Stored::None
@@ -230,7 +289,7 @@ mod tests {
                 &[1234, 999_999_999_999, 5000, 2_000_000_000_000],
                 codec,
             );
-            let at = |t| first_record_at_or_after(&b, t).unwrap();
+            let at = |t| first_record_at_or_after(&b, t, 1 << 20).unwrap();
             assert_eq!(at(0), Some((100, 1234)), "{codec:?}");
             assert_eq!(at(1234), Some((100, 1234)), "{codec:?}");
             assert_eq!(at(1235), Some((101, 999_999_999_999)), "{codec:?}");
@@ -249,12 +308,29 @@ mod tests {
     }
 
     #[test]
+    fn recompression_survives_extreme_base_offsets() {
+        let b = batch(0, &[1, 2, 3], Compression::Gzip);
+        let mut v = b.to_vec();
+        v[0..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        let out = recompress(&Bytes::from(v), Compression::Lz4, 1 << 20).unwrap();
+        assert!(out.is_some());
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let b = batch(0, &[1, 2, 3], Compression::Zstd);
+        assert!(recompress(&b, Compression::Gzip, 16).is_err());
+        assert!(first_record_at_or_after(&b, 2, 16).is_err());
+        assert!(recompress(&b, Compression::Gzip, 1 << 20).is_ok());
+    }
+
+    #[test]
     fn a_damaged_batch_is_an_error_not_a_panic() {
         let b = batch(0, &[1, 2, 3], Compression::Lz4);
         let mut damaged = BytesMut::from(&b[..]);
         let n = damaged.len();
         damaged[n - 5] ^= 0xff;
         damaged.truncate(n - 2);
-        assert!(first_record_at_or_after(&damaged.freeze(), 2).is_err());
+        assert!(first_record_at_or_after(&damaged.freeze(), 2, 1 << 20).is_err());
     }
 }

@@ -24,6 +24,10 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     /// `message.timestamp.type=LogAppendTime`: batches are stamped with the append time.
     pub log_append_time: bool,
+    /// `sluice.log.segment.offsets.max`: the most offsets one segment spans. Index entries
+    /// store offsets relative to the segment's base as `u32`, and Kafka keeps them within
+    /// `i32::MAX`; the log rolls before an append would pass this.
+    pub segment_offsets_max: u64,
 }
 
 impl Default for LogConfig {
@@ -38,9 +42,14 @@ impl Default for LogConfig {
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: -1,
             log_append_time: false,
+            segment_offsets_max: SEGMENT_OFFSETS_MAX,
         }
     }
 }
 
 /// Hard ceiling on a segment's size: index entries store positions as u32.
 pub const SEGMENT_BYTES_MAX: u64 = (1 << 31) - 1;
+
+/// Hard ceiling on the offsets one segment spans: relative offsets fit in an `i32`, as in
+/// Kafka's indexes.
+pub const SEGMENT_OFFSETS_MAX: u64 = i32::MAX as u64;

@@ -31,6 +31,8 @@ pub enum StorageError {
     },
     #[error("batch of {size} bytes exceeds the limit of {max_bytes}")]
     BatchTooLarge { size: usize, max_bytes: usize },
+    #[error("a batch spanning {offsets} offsets cannot fit in one segment (at most {max})")]
+    OffsetsOverflow { offsets: u64, max: u64 },
     #[error("log {path} is offline after an earlier I/O failure")]
     Offline { path: PathBuf },
     #[error("log {path} is closed")]

@@ -9,10 +9,14 @@
 //! `timestamp: i64` (largest batch max-timestamp so far) then `relative_offset: u32` (the
 //! base offset of the batch that carried it). Timestamps strictly increase.
 //!
-//! Both files are written whole (write to `.tmp`, fsync, rename) when a segment is sealed
-//! and on clean shutdown. On startup a file that is missing, of a size that is not a
-//! multiple of its entry size, not monotonic, or that points past the segment's data is
-//! ignored and the index is rebuilt by scanning the segment.
+//! Both files are written whole (`<name>.tmp`, fsync, rename, directory fsync, on the
+//! blocking pool) once a sealed segment is wholly durable — by that flush, before it
+//! acknowledges — on clean shutdown, and at open after a rebuild. A truncation deletes the
+//! files of the segment it cuts (which becomes the active segment, whose indexes are always
+//! rebuilt at open) and the entries of the removed batches. On startup a file that is
+//! missing, of a size that is not a multiple of its entry size, not monotonic, or that
+//! points past the segment's data is ignored and the index is rebuilt by scanning the
+//! segment.
 
 use std::io::Write;
 use std::path::Path;
@@ -38,11 +42,18 @@ pub struct OffsetIndex {
 }
 
 impl OffsetIndex {
-    pub fn push(&mut self, entry: OffsetEntry) {
+    /// Adds an entry; one that would not strictly increase both fields is left out (the
+    /// index is sparse, so a missing entry only lengthens a scan) and reported as `false`.
+    /// The log rolls segments so that this does not happen; it is not an assertion because
+    /// recovered files are input too.
+    pub fn push(&mut self, entry: OffsetEntry) -> bool {
         if let Some(last) = self.entries.last() {
-            assert!(entry.relative_offset > last.relative_offset && entry.position > last.position);
+            if entry.relative_offset <= last.relative_offset || entry.position <= last.position {
+                return false;
+            }
         }
         self.entries.push(entry);
+        true
     }
 
     /// The last entry at or before `relative_offset`, or the segment start.
@@ -62,6 +73,14 @@ impl OffsetIndex {
 
     pub fn entries(&self) -> &[OffsetEntry] {
         &self.entries
+    }
+
+    /// Drops the entries at or after byte `position` (the segment was truncated there).
+    pub fn truncate_to_position(&mut self, position: u64) {
+        let keep = self
+            .entries
+            .partition_point(|e| (e.position as u64) < position);
+        self.entries.truncate(keep);
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -110,6 +129,15 @@ impl TimeIndex {
             Some(last) if entry.timestamp <= last.timestamp => {}
             _ => self.entries.push(entry),
         }
+    }
+
+    /// Drops the entries of batches at or after `relative_offset` (the segment was
+    /// truncated before the batch that starts there).
+    pub fn truncate_from(&mut self, relative_offset: u32) {
+        let keep = self
+            .entries
+            .partition_point(|e| e.relative_offset < relative_offset);
+        self.entries.truncate(keep);
     }
 
     /// Largest timestamp indexed so far.
@@ -161,7 +189,9 @@ impl TimeIndex {
     }
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename.
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename. Blocking, and without the
+/// directory fsync: kept for the broker's metadata file; storage uses
+/// `files::write_atomically`.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {

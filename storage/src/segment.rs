@@ -1,10 +1,21 @@
 //! One segment of a partition log: `<base offset, 20 digits>.log` plus its indexes.
 //!
 //! The `.log` file is a plain concatenation of RecordBatch v2 batches (see
-//! `protocol::record_batch` for the byte layout), with consecutive offsets, written with
-//! direct I/O. Because direct I/O writes whole 512-byte blocks, the file may end with zero
-//! padding after the last batch; a zero batch length marks the end of data when scanning.
-//! Space is reserved ahead with `fallocate(KEEP_SIZE)` in steps of `log.preallocate.bytes`.
+//! `protocol::record_batch` for the byte layout), written with direct I/O. Base offsets
+//! increase from batch to batch: a leader's own appends are consecutive (each batch starts
+//! right after the previous one's last offset), but a follower copies its leader's batches
+//! as they are, and a compacted leader log has gaps, so a batch may start anywhere after
+//! the previous one's last offset. The first batch starts at or after the segment's base.
+//! Because direct I/O writes whole 512-byte blocks, the file may end with zero padding after
+//! the last batch; a zero batch length marks the end of data when scanning. Space is
+//! reserved ahead with `fallocate(KEEP_SIZE)` in steps of `log.preallocate.bytes`.
+//!
+//! Recovery (the scan of [`LogSegment::open`]) keeps the longest prefix of whole batches
+//! that each pass the CRC32C check and start after the previous batch's last offset, and
+//! cuts the file after it. It stops at: a zero length (padding: the clean end), a length
+//! that cannot be a batch, a batch the file ends inside (a torn write), a CRC mismatch, or a
+//! base offset at or below the previous batch's last offset (stale or foreign bytes). A gap
+//! (base offset beyond the previous last offset + 1) is not a stop.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -28,6 +39,13 @@ pub fn align_down(v: u64) -> u64 {
 }
 pub fn align_up(v: u64) -> u64 {
     align_down(v + BLOCK_BYTES - 1)
+}
+
+/// `offset` relative to a segment's `base`, clamped into `u32` (the log rolls before relative
+/// offsets pass `i32::MAX`; recovered files may still hold anything). A clamped lookup finds
+/// an earlier index entry, from which a scan is still correct.
+pub fn relative_offset(offset: i64, base: Offset) -> u32 {
+    offset.saturating_sub(base.0).clamp(0, u32::MAX as i64) as u32
 }
 
 pub fn segment_file_name(base: Offset, ext: &str) -> String {
@@ -58,6 +76,12 @@ pub struct LogSegment {
     pub sealed: bool,
     /// Set once a sealed segment's indexes were persisted.
     pub indexes_persisted: bool,
+    /// Runs of one leader epoch seen by the recovery scan at open: per run of consecutive
+    /// batches carrying the same epoch (>= 0), the epoch, the first batch's base offset and
+    /// the last batch's last offset. Empty for a segment trusted by its indexes and for one
+    /// created at run time. The log adds them to its leader-epoch cache, which may have
+    /// missed them in a crash.
+    pub recovered_epochs: Vec<(i32, Offset, Offset)>,
 }
 
 /// What a scan of a segment found.
@@ -68,12 +92,35 @@ struct ScanOutcome {
     time_index: TimeIndex,
     max_timestamp: i64,
     bytes_since_index: u64,
+    epochs: Vec<(i32, Offset, Offset)>,
     stop: Option<BatchError>,
 }
 
 impl LogSegment {
     fn index_path(&self, ext: &str) -> PathBuf {
         self.path.with_extension(ext)
+    }
+
+    /// The `.index` and `.timeindex` paths.
+    pub fn index_paths(&self) -> Vec<PathBuf> {
+        vec![self.index_path("index"), self.index_path("timeindex")]
+    }
+
+    /// The data file and both index files.
+    pub fn file_paths(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.path.clone()];
+        v.extend(self.index_paths());
+        v
+    }
+
+    /// Writes both index files atomically off the shard thread; see [`Self::persist_indexes`].
+    pub async fn persist_indexes_async(&mut self) -> Result<()> {
+        let (oi, ti) = (self.index_path("index"), self.index_path("timeindex"));
+        crate::files::write_atomically("write offset index", &oi, self.offset_index.encode())
+            .await?;
+        crate::files::write_atomically("write time index", &ti, self.time_index.encode()).await?;
+        self.indexes_persisted = true;
+        Ok(())
     }
 
     async fn open_file(path: &Path, create: bool) -> Result<DmaFile> {
@@ -89,7 +136,7 @@ impl LogSegment {
     pub async fn create(dir: &Path, base_offset: Offset) -> Result<LogSegment> {
         let path = dir.join(segment_file_name(base_offset, "log"));
         let file = Self::open_file(&path, true).await?;
-        sync_dir(dir)?;
+        crate::files::sync_dir(dir).await?;
         Ok(LogSegment {
             base_offset,
             path,
@@ -105,6 +152,7 @@ impl LogSegment {
             first_append_ms: None,
             sealed: false,
             indexes_persisted: false,
+            recovered_epochs: Vec::new(),
         })
     }
 
@@ -137,6 +185,7 @@ impl LogSegment {
             first_append_ms: None,
             sealed: !is_last,
             indexes_persisted: !is_last,
+            recovered_epochs: Vec::new(),
         };
         if !is_last {
             if let Some((oi, ti, next, max_timestamp)) = seg.load_indexes(file_bytes).await? {
@@ -182,8 +231,13 @@ impl LogSegment {
         seg.time_index = scan.time_index;
         seg.max_timestamp = scan.max_timestamp;
         seg.bytes_since_index = scan.bytes_since_index;
+        seg.recovered_epochs = scan.epochs;
         if !is_last {
-            seg.persist_indexes()?;
+            // Rebuilt indexes live in memory either way; a disk too full to take them only
+            // means another rebuild at the next start.
+            if let Err(e) = seg.persist_indexes_async().await {
+                tracing::warn!(segment = %seg.path.display(), error = %e, "cannot persist rebuilt indexes");
+            }
         }
         Ok(seg)
     }
@@ -194,9 +248,9 @@ impl LogSegment {
         &self,
         file_bytes: u64,
     ) -> Result<Option<(OffsetIndex, TimeIndex, Offset, i64)>> {
-        let (Ok(oi_bytes), Ok(ti_bytes)) = (
-            std::fs::read(self.index_path("index")),
-            std::fs::read(self.index_path("timeindex")),
+        let (Some(oi_bytes), Some(ti_bytes)) = (
+            crate::files::read_optional(&self.index_path("index")).await,
+            crate::files::read_optional(&self.index_path("timeindex")).await,
         ) else {
             return Ok(None);
         };
@@ -233,10 +287,12 @@ impl LogSegment {
                 break;
             }
             let base = i64::from_be_bytes(head[0..8].try_into().expect("8 bytes"));
-            if let Some(exp) = expected_base {
-                if base != exp.0 {
-                    return Ok(None);
-                }
+            // The batch at the last index entry must be the one indexed; later ones only
+            // have to move forward (gaps allowed).
+            match expected_base {
+                Some(exp) if pos == start && base != exp.0 => return Ok(None),
+                Some(exp) if base < exp.0 => return Ok(None),
+                _ => {}
             }
             let last_delta = i32::from_be_bytes(head[23..27].try_into().expect("4 bytes"));
             let batch_max_ts = i64::from_be_bytes(head[35..43].try_into().expect("8 bytes"));
@@ -248,7 +304,8 @@ impl LogSegment {
         Ok(Some((oi, ti, next, max_timestamp)))
     }
 
-    /// Reads the segment front to back, verifying each batch's CRC and offset continuity.
+    /// Reads the segment front to back, verifying each batch's CRC and that base offsets
+    /// move forward.
     async fn scan(&self, file_bytes: u64, index_interval_bytes: u64) -> Result<ScanOutcome> {
         let mut out = ScanOutcome {
             valid_bytes: 0,
@@ -257,6 +314,7 @@ impl LogSegment {
             time_index: TimeIndex::default(),
             max_timestamp: NO_TIMESTAMP,
             bytes_since_index: 0,
+            epochs: Vec::new(),
             stop: None,
         };
         let read = |pos: u64, len: usize| async move {
@@ -294,6 +352,14 @@ impl LogSegment {
             }
             // Not one whole batch in the chunk: either the file ends mid-batch, or a single
             // batch is larger than the chunk.
+            if chunk.len() < protocol::record_batch::BATCH_LENGTH_PREFIX_BYTES
+                && chunk.iter().all(|b| *b == 0)
+            {
+                // Zero padding to the block end, shorter than a length field: the end of
+                // data, like a zero batch length.
+                out.stop = Some(BatchError::BadLength { length: 0 });
+                return Ok(out);
+            }
             let size = match batch_size_from_prefix(&chunk) {
                 Some(Ok(size)) if pos + size as u64 <= file_bytes => size,
                 _ => {
@@ -322,13 +388,21 @@ impl LogSegment {
         index_interval_bytes: u64,
     ) -> std::result::Result<(), BatchError> {
         let view = RecordBatchView::parse_verified(bytes)?;
-        if view.base_offset() != out.next_offset.0 {
+        // Gaps are allowed (a follower's copy of a compacted log); going back is not.
+        if view.base_offset() < out.next_offset.0 {
             return Err(BatchError::UnexpectedBaseOffset {
                 expected: out.next_offset.0,
                 found: view.base_offset(),
             });
         }
-        let relative = (view.base_offset() - self.base_offset.0) as u32;
+        let relative = relative_offset(view.base_offset(), self.base_offset);
+        let epoch = view.partition_leader_epoch();
+        let last = Offset(view.last_offset());
+        match out.epochs.last_mut() {
+            Some((e, _, run_last)) if *e == epoch => *run_last = last,
+            _ if epoch >= 0 => out.epochs.push((epoch, Offset(view.base_offset()), last)),
+            _ => {}
+        }
         out.max_timestamp = out.max_timestamp.max(view.max_timestamp());
         if out.valid_bytes == 0 || out.bytes_since_index >= index_interval_bytes {
             out.offset_index.push(OffsetEntry {
@@ -343,11 +417,12 @@ impl LogSegment {
         }
         out.bytes_since_index += view.size_bytes() as u64;
         out.valid_bytes += view.size_bytes() as u64;
-        out.next_offset = Offset(view.last_offset() + 1);
+        out.next_offset = Offset(view.last_offset().saturating_add(1));
         Ok(())
     }
 
     /// Writes both index files (atomically) for a sealed segment or at clean shutdown.
+    /// Blocking (`std::fs`): the log itself uses [`Self::persist_indexes_async`].
     pub fn persist_indexes(&mut self) -> Result<()> {
         let oi = self.index_path("index");
         write_file_atomically(&oi, &self.offset_index.encode())
@@ -366,7 +441,7 @@ impl LogSegment {
         position: u64,
         index_interval_bytes: u64,
     ) {
-        let relative = (view.base_offset() - self.base_offset.0) as u32;
+        let relative = relative_offset(view.base_offset(), self.base_offset);
         self.max_timestamp = self.max_timestamp.max(view.max_timestamp());
         if position == 0 || self.bytes_since_index >= index_interval_bytes {
             self.offset_index.push(OffsetEntry {
@@ -382,7 +457,8 @@ impl LogSegment {
         self.bytes_since_index += view.size_bytes() as u64;
     }
 
-    /// Removes the data and index files.
+    /// Removes the data and index files. Blocking (`std::fs`): the log itself removes
+    /// [`Self::file_paths`] through `files::remove_files`.
     pub fn remove_files(&self) {
         for ext in ["log", "index", "timeindex"] {
             let p = self.path.with_extension(ext);
@@ -396,6 +472,7 @@ impl LogSegment {
 }
 
 /// fsyncs a directory so that a created or renamed entry in it survives a crash.
+/// Blocking: kept for the broker's metadata file; storage uses `files::sync_dir`.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -415,13 +492,50 @@ pub async fn prime_iopoll_probe(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let path = dir.join(".iopoll-probe");
-    std::fs::write(&path, [0u8; BLOCK_BYTES as usize])
-        .map_err(|e| StorageError::io("write iopoll probe", &path, e))?;
-    let file = DmaFile::open(&path)
-        .await
-        .map_err(|e| StorageError::io("open iopoll probe", &path, e))?;
-    let _ = file.close().await;
-    let _ = std::fs::remove_file(&path);
+    let (p, d) = (path.clone(), dir.to_owned());
+    // Both on the blocking pool: the write, and the fallback's directory walk.
+    let opened = glommio::executor()
+        .spawn_blocking(move || match std::fs::write(&p, [0u8; BLOCK_BYTES as usize]) {
+            Ok(()) => Some(p),
+            // A full disk (or a read-only one) must not keep the broker from starting: a
+            // segment that already holds data serves the probe just as well.
+            Err(e) => {
+                let existing = first_nonempty_segment(&d);
+                tracing::warn!(path = %p.display(), error = %e, fallback = ?existing, "cannot write the iopoll probe");
+                existing
+            }
+        })
+        .await;
+    if let Some(probe) = opened {
+        let file = DmaFile::open(&probe)
+            .await
+            .map_err(|e| StorageError::io("open iopoll probe", &probe, e))?;
+        let _ = file.close().await;
+    }
+    let _ = crate::files::remove_files("remove iopoll probe", vec![path]).await;
     IOPOLL_PROBED.with(|p| p.set(true));
     Ok(())
+}
+
+/// A `.log` file of at least one block in `dir` or in another partition directory beside
+/// it (the same filesystem), if there is one.
+fn first_nonempty_segment(dir: &Path) -> Option<PathBuf> {
+    let in_dir = |d: &Path| -> Option<PathBuf> {
+        std::fs::read_dir(d)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|x| x == "log")
+                    && std::fs::metadata(p).is_ok_and(|m| m.len() >= BLOCK_BYTES)
+            })
+    };
+    in_dir(dir).or_else(|| {
+        std::fs::read_dir(dir.parent()?)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .find_map(|p| in_dir(&p))
+    })
 }

@@ -1,97 +1,13 @@
 //! Log behaviour on a real directory under a glommio executor: append, read, roll, recovery.
 
+mod common;
+
 use std::path::Path;
 use std::rc::Rc;
 
-use glommio::LocalExecutorBuilder;
+use common::{batch, crc32c, open, read_all, run, small_config};
 use protocol::record_batch::{BatchIter, RecordBatchView};
-use storage::{GroupCommit, Log, LogConfig, Offset};
-
-/// A syntactically valid v2 batch with `count` records of opaque filler.
-fn batch(count: i32, body_bytes: usize, timestamp: i64) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&0i64.to_be_bytes());
-    b.extend_from_slice(&((49 + body_bytes) as i32).to_be_bytes());
-    b.extend_from_slice(&0i32.to_be_bytes());
-    b.push(2);
-    b.extend_from_slice(&[0; 4]);
-    b.extend_from_slice(&0i16.to_be_bytes());
-    b.extend_from_slice(&(count - 1).to_be_bytes());
-    b.extend_from_slice(&timestamp.to_be_bytes());
-    b.extend_from_slice(&timestamp.to_be_bytes());
-    b.extend_from_slice(&(-1i64).to_be_bytes());
-    b.extend_from_slice(&(-1i16).to_be_bytes());
-    b.extend_from_slice(&(-1i32).to_be_bytes());
-    b.extend_from_slice(&count.to_be_bytes());
-    b.extend((0..body_bytes).map(|i| (i % 251) as u8));
-    let crc = crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
-}
-
-fn crc32c(data: &[u8]) -> u32 {
-    // Bitwise CRC32C (Castagnoli), independent of the implementation under test.
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= byte as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn run<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(move || async move { f().await })
-        .unwrap()
-        .join()
-        .unwrap();
-}
-
-async fn open(
-    dir: &Path,
-    config: LogConfig,
-) -> (Rc<Log>, Rc<GroupCommit>, glommio::task::JoinHandle<()>) {
-    let commit = GroupCommit::new();
-    let runner = glommio::spawn_local(commit.clone().run()).detach();
-    let log = Log::open(dir, config, commit.clone()).await.unwrap();
-    (log, commit, runner)
-}
-
-async fn read_all(log: &Log) -> Vec<(i64, i32)> {
-    let mut out = Vec::new();
-    let mut next = log.log_start_offset();
-    loop {
-        let r = log.read(next, 1 << 20, true).await.unwrap();
-        if r.records.is_empty() {
-            return out;
-        }
-        for v in BatchIter::new(&r.records, true) {
-            out.push((v.base_offset(), v.records_count()));
-            next = Offset(v.last_offset() + 1);
-        }
-    }
-}
-
-fn small_config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 64 << 10,
-        index_interval_bytes: 1024,
-        preallocate_bytes: 128 << 10,
-        write_buffer_bytes: 8 << 10,
-        ..LogConfig::default()
-    }
-}
+use storage::{Log, LogConfig, Offset};
 
 #[test]
 fn append_assigns_offsets_and_reads_back_across_rolls() {
@@ -128,7 +44,12 @@ fn append_assigns_offsets_and_reads_back_across_rolls() {
         assert!(
             std::fs::read_dir(&path)
                 .unwrap()
-                .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+                .filter(|e| e
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "log"))
                 .count()
                 > 2,
             "rolled"
@@ -185,7 +106,7 @@ fn recovery_truncates_torn_tail_and_rebuilds_missing_index() {
     let mut logs: Vec<_> = std::fs::read_dir(&path)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().unwrap() == "log")
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     logs.sort();
     // Cut the active segment in the middle of its last batch, and drop an older index.
@@ -407,7 +328,13 @@ fn snapshot_beyond_a_lost_tail_is_not_trusted() {
 fn segment_count(path: &Path) -> usize {
     std::fs::read_dir(path)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "log")
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
         .count()
 }
 
@@ -524,5 +451,77 @@ fn log_append_time_stamps_batches_with_a_valid_crc() {
         let v = RecordBatchView::parse_verified(&r.records).unwrap();
         assert!(v.is_log_append_time());
         assert_eq!(v.max_timestamp(), 1_700_000_000_123);
+    });
+}
+
+/// A batch whose header claims `last_offset_delta` (with `count` records): what storage
+/// sees from the coordinator or a replica, which are not checked record by record.
+fn batch_spanning(count: i32, last_offset_delta: i32) -> Vec<u8> {
+    let mut b = batch(count, 64, 1_000);
+    b[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
+    let crc = crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[test]
+fn segments_roll_before_relative_offsets_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            segment_offsets_max: 100,
+            ..small_config()
+        };
+        let (log, _c, _r) = open(&path, config.clone()).await;
+        let mut expected = Vec::new();
+        // 30 offsets per batch: a segment holds 3 (offsets 0..=89), the 4th would end at
+        // relative offset 119 > 100 and goes to a new segment.
+        for _ in 0..10 {
+            let (base, _) = append_durably(&log, &batch_spanning(1, 29)).await.unwrap();
+            expected.push((base, 1));
+        }
+        assert_eq!(log.log_end_offset(), Offset(300));
+        assert_eq!(segment_count(&path), 4, "rolled at the offset limit");
+        assert_eq!(read_all(&log).await, expected);
+        // Every batch is found from any offset inside it.
+        for (base, _) in &expected {
+            let r = log.read(Offset(base + 17), 1, true).await.unwrap();
+            let v = RecordBatchView::parse_verified(&r.records).unwrap();
+            assert_eq!(v.base_offset(), *base);
+        }
+        // One batch that cannot fit in any segment is refused, nothing written.
+        let err = log.append(&batch_spanning(1, 101), 0, 1 << 20, 0).await;
+        assert!(
+            matches!(err, Err(storage::StorageError::OffsetsOverflow { .. })),
+            "{err:?}"
+        );
+        assert_eq!(log.log_end_offset(), Offset(300));
+        log.close().await.unwrap();
+        let (log, _c, _r) = open(&path, config).await;
+        assert_eq!(read_all(&log).await, expected);
+    });
+}
+
+#[test]
+fn the_full_relative_offset_range_never_panics_the_index() {
+    // The hardening issue's input: four batches claiming last_offset_delta 0x7ffffffe each.
+    // The default limit (i32::MAX) rolls a segment for every one of them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let (log, _c, _r) = open(&path, small_config()).await;
+        for i in 0..4i64 {
+            let (base, _) = append_durably(&log, &batch_spanning(1, 0x7fff_fffe))
+                .await
+                .unwrap();
+            assert_eq!(base, i * 0x7fff_ffff);
+        }
+        let (base, _) = append_durably(&log, &batch(3, 100, 5)).await.unwrap();
+        assert_eq!(base, 4 * 0x7fff_ffff);
+        assert_eq!(read_all(&log).await.len(), 5);
+        log.close().await.unwrap();
+        let (log, _c, _r) = open(&path, small_config()).await;
+        assert_eq!(read_all(&log).await.len(), 5);
     });
 }

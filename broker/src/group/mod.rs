@@ -483,7 +483,7 @@ impl Coordinator {
         }
         let metadata_bytes: usize = a.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
         if metadata_bytes > self.config.member_metadata_max_bytes {
-            tracing::warn!(group = %a.group_id, metadata_bytes, "JoinGroup metadata over sluice.group.member.metadata.max.bytes");
+            tracing::warn!(group = ?a.group_id, metadata_bytes, "JoinGroup metadata over sluice.group.member.metadata.max.bytes");
             return fail(ResponseError::InvalidRequest, &a.member_id);
         }
         let unknown = a.member_id.is_empty();
@@ -683,7 +683,7 @@ impl Coordinator {
         if g.leader.as_deref() == Some(old_id.as_str()) {
             g.leader = Some(new_id.clone());
         }
-        tracing::info!(group = %group, old = %old_id, new = %new_id, "static member replaced");
+        tracing::info!(group = ?group, old = ?old_id, new = ?new_id, "static member replaced");
         match g.state {
             GroupState::Stable => {
                 let before = g.protocol.clone();
@@ -761,7 +761,7 @@ impl Coordinator {
         }
         g.join_deadline = now + timeout;
         tracing::debug!(
-            group,
+            group = ?group,
             generation = g.generation,
             reason,
             "preparing rebalance"
@@ -809,7 +809,7 @@ impl Coordinator {
             .map(|m| m.id.clone())
             .collect();
         for id in late {
-            tracing::info!(group, member = %id, "member did not rejoin in time; removed");
+            tracing::info!(group = ?group, member = ?id, "member did not rejoin in time; removed");
             Self::remove_member_raw(g, &id);
         }
         g.generation += 1;
@@ -817,7 +817,7 @@ impl Coordinator {
             g.protocol = None;
             g.leader = None;
             g.set_state(GroupState::Empty, now);
-            tracing::info!(group, generation = g.generation, "group is empty");
+            tracing::info!(group = ?group, generation = g.generation, "group is empty");
             self.queue_write(group);
             return;
         }
@@ -842,7 +842,7 @@ impl Coordinator {
                 let _ = w.send(result);
             }
         }
-        tracing::info!(group, generation = g.generation, members = g.members.len(), protocol = ?g.protocol, "rebalance joined");
+        tracing::info!(group = ?group, generation = g.generation, members = g.members.len(), protocol = ?g.protocol, "rebalance joined");
     }
 
     /// Removes a member without any state transition (callers decide what follows).
@@ -947,7 +947,7 @@ impl Coordinator {
                             let _ = w.send(result);
                         }
                     }
-                    tracing::info!(group = %a.group_id, generation = g.generation, "group stable");
+                    tracing::info!(group = ?a.group_id, generation = g.generation, "group stable");
                     self.queue_write(&a.group_id);
                 }
                 Reply::Later(rx)
@@ -1027,7 +1027,7 @@ impl Coordinator {
                 out.push(Err(ResponseError::UnknownMemberId));
                 continue;
             }
-            tracing::info!(group, member = %id, "member left");
+            tracing::info!(group = ?group, member = ?id, "member left");
             self.remove_member_and_update(group, &id, now);
             out.push(Ok(()));
         }
@@ -1056,7 +1056,7 @@ impl Coordinator {
                 .map(|m| m.id.clone())
                 .collect();
             for id in expired {
-                tracing::info!(group = %name, member = %id, "session timed out; member removed");
+                tracing::info!(group = ?name, member = ?id, "session timed out; member removed");
                 self.remove_member_and_update(name, &id, now);
             }
             if pending_dropped {
@@ -1074,7 +1074,7 @@ impl Coordinator {
                     .map(|m| m.id.clone())
                     .collect();
                 for id in late {
-                    tracing::info!(group = %name, member = %id, "no SyncGroup in time; member removed");
+                    tracing::info!(group = ?name, member = ?id, "no SyncGroup in time; member removed");
                     Self::remove_member_raw(g, &id);
                 }
                 self.prepare_rebalance(name, now, "sync timeout");
@@ -1129,7 +1129,7 @@ impl Coordinator {
                 dead.push(g.id.clone());
             }
             if !records.is_empty() {
-                tracing::info!(group = %g.id, tombstones = records.len(), "offsets expired");
+                tracing::info!(group = ?g.id, tombstones = records.len(), "offsets expired");
                 self.writes.push(Write {
                     partition: g.partition,
                     records,

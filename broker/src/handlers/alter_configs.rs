@@ -2,7 +2,8 @@
 //! checks every change (Kafka's names, types and ranges; INVALID_CONFIG otherwise), stores
 //! them and publishes them, and the topic's logs follow the new settings. AlterConfigs
 //! replaces a topic's whole set; the incremental form SETs, DELETEs, APPENDs to and
-//! SUBTRACTs from lists. Dynamic broker configs are not supported (INVALID_REQUEST).
+//! SUBTRACTs from lists, starting from a list's effective value (its default when the topic
+//! sets none, as Kafka). Dynamic broker configs are not supported (INVALID_REQUEST).
 
 use kafka_protocol::messages::{
     alter_configs_response, incremental_alter_configs_response, AlterConfigsRequest,
@@ -15,8 +16,8 @@ use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::str_bytes;
 use crate::api::RequestContext;
 use crate::controller::ConfigOp;
-use crate::errors::alter_configs_error;
-use crate::shard::ShardId;
+use crate::controller_client::ControllerClient;
+use crate::errors::{alter_configs_error, controller_unavailable};
 
 /// One resource's outcome: (type, name, error code, message).
 type Outcome = (i8, StrBytes, i16, Option<StrBytes>);
@@ -53,12 +54,8 @@ async fn alter(ctx: &RequestContext, resources: Vec<Asked>, validate_only: bool)
     if asks.is_empty() {
         return out;
     }
-    let done = ctx
-        .shard
-        .invoke_on(ShardId(0), move |s| async move {
-            let c = s.controller.clone().expect("shard 0 runs the controller");
-            c.alter_topic_configs(&s, asks, validate_only).await
-        })
+    let done = ControllerClient::new(&ctx.shard)
+        .alter_topic_configs(asks, validate_only)
         .await;
     match done {
         Ok(results) => {
@@ -71,7 +68,7 @@ async fn alter(ctx: &RequestContext, resources: Vec<Asked>, validate_only: bool)
         }
         Err(e) => {
             for slot in slots {
-                out[slot].2 = ResponseError::KafkaStorageError.code();
+                out[slot].2 = controller_unavailable(&e).code();
                 out[slot].3 = Some(str_bytes(e.to_string()));
             }
         }

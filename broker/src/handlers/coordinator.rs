@@ -11,6 +11,7 @@ use kafka_protocol::ResponseError;
 
 use crate::api::RequestContext;
 use crate::controller::{CreateTopicError, TopicSpec};
+use crate::controller_client::ControllerClient;
 use crate::group::{partition_for, Reply, OFFSETS_TOPIC};
 use crate::metadata::MetadataImage;
 use crate::shard::{Shard, ShardId};
@@ -37,11 +38,8 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<Arc<MetadataImage
         replication_factor: -1,
         configs,
     };
-    let created = shard
-        .invoke_on(ShardId(0), move |s| async move {
-            let c = s.controller.clone().expect("shard 0 runs the controller");
-            c.create_topics(&s, vec![spec], false).await
-        })
+    let created = ControllerClient::new(shard)
+        .create_topics(vec![spec], false)
         .await;
     match created.as_ref().map(|r| r.first()) {
         Ok(Some(Ok(_))) => tracing::info!(topic = OFFSETS_TOPIC, "created"),
@@ -65,10 +63,14 @@ pub async fn owner(shard: &Rc<Shard>, group: &str) -> Result<ShardId, ResponseEr
     let image = ensure_offsets_topic(shard).await?;
     let partitions = image.topics[OFFSETS_TOPIC].partitions.len() as i32;
     let p = partition_for(group, partitions);
-    image
-        .shard_of(OFFSETS_TOPIC, p, shard.shard_count())
-        .map(ShardId)
-        .ok_or(ResponseError::CoordinatorNotAvailable)
+    // Another broker leads the group's offsets partition: NOT_COORDINATOR sends the client
+    // back to FindCoordinator.
+    shard
+        .owner_of(OFFSETS_TOPIC, p)
+        .ok_or_else(|| match shard.not_served(OFFSETS_TOPIC, p) {
+            ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator,
+            _ => ResponseError::CoordinatorNotAvailable,
+        })
 }
 
 /// Runs `f` on the shard that coordinates `group`.

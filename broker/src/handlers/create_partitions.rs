@@ -10,8 +10,8 @@ use kafka_protocol::ResponseError;
 
 use super::str_bytes;
 use crate::api::RequestContext;
-use crate::errors::create_partitions_error;
-use crate::shard::ShardId;
+use crate::controller_client::ControllerClient;
+use crate::errors::{controller_unavailable, create_partitions_error};
 
 pub async fn handle(
     ctx: &RequestContext,
@@ -73,12 +73,8 @@ pub async fn handle(
     }
     if !asks.is_empty() {
         let validate_only = req.validate_only;
-        let outcome = ctx
-            .shard
-            .invoke_on(ShardId(0), move |s| async move {
-                let c = s.controller.clone().expect("shard 0 runs the controller");
-                c.create_partitions(&s, asks, validate_only).await
-            })
+        let outcome = ControllerClient::new(&ctx.shard)
+            .create_partitions(asks, validate_only)
             .await;
         match outcome {
             Ok(done) => {
@@ -91,7 +87,7 @@ pub async fn handle(
             }
             Err(e) => {
                 for slot in slots {
-                    results[slot].error_code = ResponseError::KafkaStorageError.code();
+                    results[slot].error_code = controller_unavailable(&e).code();
                     results[slot].error_message = Some(str_bytes(e.to_string()));
                 }
             }

@@ -9,8 +9,8 @@ use kafka_protocol::ResponseError;
 use super::str_bytes;
 use crate::api::RequestContext;
 use crate::controller::TopicSpec;
-use crate::errors::create_topic_error;
-use crate::shard::ShardId;
+use crate::controller_client::ControllerClient;
+use crate::errors::{controller_unavailable, create_topic_error};
 
 pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> CreateTopicsResponse {
     let node = ctx.shard.config.node_id;
@@ -25,6 +25,8 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> CreateTop
         let name = t.name.0.as_str().to_owned();
         let mut r = CreatableTopicResult::default();
         r.name = t.name.clone();
+        // The codec's default is an empty string; Kafka answers null on success.
+        r.error_message = None;
         r.num_partitions = -1;
         r.replication_factor = -1;
         let invalid = if counts[&name] > 1 {
@@ -78,12 +80,8 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> CreateTop
     }
     if !specs.is_empty() {
         let validate_only = req.validate_only;
-        let outcome = ctx
-            .shard
-            .invoke_on(ShardId(0), move |s| async move {
-                let c = s.controller.clone().expect("shard 0 runs the controller");
-                c.create_topics(&s, specs, validate_only).await
-            })
+        let outcome = ControllerClient::new(&ctx.shard)
+            .create_topics(specs, validate_only)
             .await;
         match outcome {
             Ok(created) => {
@@ -105,7 +103,7 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> CreateTop
             }
             Err(e) => {
                 for slot in spec_slots {
-                    results[slot].error_code = ResponseError::KafkaStorageError.code();
+                    results[slot].error_code = controller_unavailable(&e).code();
                     results[slot].error_message = Some(str_bytes(e.to_string()));
                 }
             }

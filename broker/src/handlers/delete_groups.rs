@@ -15,7 +15,7 @@ pub async fn handle(ctx: &RequestContext, req: DeleteGroupsRequest) -> DeleteGro
         let outcome = on_coordinator(ctx, &name, move |s| async move {
             let write = s.groups.borrow_mut().delete_group(&n)?;
             s.append_group_records(write).await.map_err(|e| {
-                tracing::warn!(group = %n, error = %e, "group tombstones not stored");
+                tracing::warn!(group = ?n, error = %e, "group tombstones not stored");
                 append_error(&e)
             })
         })
@@ -25,7 +25,7 @@ pub async fn handle(ctx: &RequestContext, req: DeleteGroupsRequest) -> DeleteGro
         r.group_id = id;
         r.error_code = match outcome {
             Ok(()) => {
-                tracing::info!(group = %name, "group deleted");
+                tracing::info!(group = ?name, "group deleted");
                 0
             }
             Err(e) => e.code(),

@@ -14,8 +14,6 @@ use crate::group::OFFSETS_TOPIC;
 use crate::shard::ShardId;
 
 pub async fn handle(ctx: &RequestContext, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
-    let image = ctx.shard.metadata();
-    let smp = ctx.shard.shard_count();
     let mut resp = DeleteRecordsResponse::default();
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -25,12 +23,12 @@ pub async fn handle(ctx: &RequestContext, req: DeleteRecordsRequest) -> DeleteRe
             let mut pr = DeleteRecordsPartitionResult::default();
             pr.partition_index = p.partition_index;
             pr.low_watermark = -1;
-            let owner = image.shard_of(&name, p.partition_index, smp);
+            let owner = ctx.shard.owner_of(&name, p.partition_index).map(|s| s.0);
             match owner {
                 _ if name == OFFSETS_TOPIC => {
                     pr.error_code = ResponseError::InvalidTopicException.code()
                 }
-                None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                None => pr.error_code = ctx.shard.not_served(&name, p.partition_index).code(),
                 Some(shard) => {
                     let (topic, index, offset) = (name.clone(), p.partition_index, p.offset);
                     let done = ctx
@@ -39,8 +37,7 @@ pub async fn handle(ctx: &RequestContext, req: DeleteRecordsRequest) -> DeleteRe
                             let Some(part) = s.partition(&topic, index) else {
                                 return Err(ResponseError::UnknownTopicOrPartition);
                             };
-                            part.log
-                                .delete_records(offset)
+                            part.delete_records(offset)
                                 .await
                                 .map(|o| o.0)
                                 .map_err(|e| storage_error(&e))

@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use super::str_bytes;
 use crate::api::RequestContext;
-use crate::errors::delete_topic_error;
+use crate::controller_client::ControllerClient;
+use crate::errors::{controller_unavailable, delete_topic_error};
 use crate::metadata::topic_name;
 use crate::shard::ShardId;
 
@@ -33,13 +34,7 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> DeleteTop
     };
     let names: Vec<String> = asked.iter().filter_map(|(n, _)| n.clone()).collect();
     let deleting = names.clone();
-    let outcome = ctx
-        .shard
-        .invoke_on(ShardId(0), move |s| async move {
-            let c = s.controller.clone().expect("shard 0 runs the controller");
-            c.delete_topics(&s, names).await
-        })
-        .await;
+    let outcome = ControllerClient::new(&ctx.shard).delete_topics(names).await;
     // Committed offsets of deleted topics go too (Kafka removes them as well), so a topic
     // created again under the same name does not resume from stale positions.
     if let Ok(results) = &outcome {
@@ -58,7 +53,7 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest) -> DeleteTop
             .into_iter()
             .map(|r| r.map_err(|e| (delete_topic_error(&e), e.to_string())))
             .collect(),
-        Err(e) => vec![Err((ResponseError::KafkaStorageError, e.to_string())); asked.len()],
+        Err(e) => vec![Err((controller_unavailable(&e), e.to_string())); asked.len()],
     }
     .into_iter();
     let responses = asked

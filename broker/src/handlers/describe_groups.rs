@@ -1,9 +1,10 @@
 //! DescribeGroups (key 15): state, protocol and members of each group, asked of the shard
-//! that coordinates it. Unknown groups are reported Dead with no error, as Kafka's classic
-//! coordinator does before v6.
+//! that coordinates it. Unknown groups are reported Dead, with no error before v6 and with
+//! GROUP_ID_NOT_FOUND from v6 (KIP-1043), as Kafka does.
 
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
+use kafka_protocol::ResponseError;
 
 use super::coordinator::on_coordinator;
 use super::str_bytes;
@@ -26,7 +27,14 @@ pub async fn handle(ctx: &RequestContext, req: DescribeGroupsRequest) -> Describ
         .await
         {
             Err(e) => out.error_code = e.code(),
-            Ok(None) => out.group_state = str_bytes("Dead"),
+            Ok(None) => {
+                out.group_state = str_bytes("Dead");
+                // KIP-1043: from v6 an unknown group is an error too.
+                if ctx.api_version >= 6 {
+                    out.error_code = ResponseError::GroupIdNotFound.code();
+                    out.error_message = Some(str_bytes(format!("Group {name} not found.")));
+                }
+            }
             Ok(Some(g)) => {
                 out.group_state = str_bytes(g.state.name());
                 out.protocol_type = str_bytes(g.protocol_type);

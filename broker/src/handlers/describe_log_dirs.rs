@@ -53,15 +53,16 @@ pub async fn handle(ctx: &RequestContext, req: DescribeLogDirsRequest) -> Descri
             }
         }
     }
-    let dir = &ctx.shard.config.data_dir;
+    // Path resolution and statvfs block: off the shard's thread.
+    let dir = ctx.shard.config.data_dir.clone();
+    let (log_dir, (total, usable)) = glommio::executor()
+        .spawn_blocking(move || {
+            let shown = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+            (shown, filesystem_bytes(&dir).unwrap_or((-1, -1)))
+        })
+        .await;
     let mut result = DescribeLogDirsResult::default();
-    result.log_dir = str_bytes(
-        std::fs::canonicalize(dir)
-            .unwrap_or_else(|_| dir.clone())
-            .display()
-            .to_string(),
-    );
-    let (total, usable) = filesystem_bytes(dir).unwrap_or((-1, -1));
+    result.log_dir = str_bytes(log_dir.display().to_string());
     result.total_bytes = total;
     result.usable_bytes = usable;
     result.topics = sizes

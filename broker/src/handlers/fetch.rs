@@ -3,6 +3,11 @@
 //! when any requested partition's high watermark moves). Returned bytes are the stored
 //! batches; nothing is decoded.
 //!
+//! From v13 topics are named by id (KIP-516): an id that names no topic gets
+//! UNKNOWN_TOPIC_ID. The later versions add only tagged fields that a consumer's fetch does
+//! not need (v15 ReplicaState, v16 NodeEndpoints, v17 ReplicaDirectoryId, v18 the
+//! follower's HighWatermark) and are served the same way.
+//!
 //! Fetch sessions (KIP-227) are not kept: every response has session id 0, which tells the
 //! client to send full fetch requests.
 
@@ -14,7 +19,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
+use replication::Isolation;
 use storage::Offset;
+use uuid::Uuid;
 
 use crate::api::RequestContext;
 use crate::errors::storage_error;
@@ -23,15 +30,19 @@ use crate::shard::{Shard, ShardId};
 #[derive(Clone)]
 struct Item {
     topic: String,
+    /// The request named the topic by an id that names no topic (v13+).
+    unknown_id: bool,
     partition: i32,
     fetch_offset: i64,
     partition_max_bytes: usize,
+    isolation: Isolation,
 }
 
 #[derive(Default)]
 struct Outcome {
     error: Option<ResponseError>,
     high_watermark: i64,
+    last_stable_offset: i64,
     log_start_offset: i64,
     records: Bytes,
 }
@@ -42,29 +53,59 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
         ctx.shard.config.fetch_max_wait_ms_max,
     ));
     let deadline = started + wait;
+    // The broker's `fetch.max.bytes` caps what a client may ask for, as in Kafka.
+    let fetch_max = ctx.shard.config.fetch_max_bytes;
     let max_bytes = if ctx.api_version >= 3 {
-        req.max_bytes.max(0) as usize
+        (req.max_bytes.max(0) as usize).min(fetch_max)
     } else {
-        usize::MAX
+        fetch_max
     };
+    // The response's bytes are reserved from the shard's budget before anything is read and
+    // held until the response is written (one batch may pass `max_bytes`, KIP-74).
+    match ctx
+        .shard
+        .response_memory
+        .acquire_static_permit(max_bytes.max(1) as u64)
+        .await
+    {
+        Ok(permit) => ctx.held.borrow_mut().push(permit),
+        Err(_) => return FetchResponse::default(),
+    }
     let min_bytes = req.min_bytes.max(0) as usize;
 
-    let mut topics: Vec<(TopicName, Vec<i32>)> = Vec::new();
+    // Fetch v4+ carries the consumer's isolation.level (1: read_committed).
+    let isolation = if req.isolation_level == 1 {
+        Isolation::Committed
+    } else {
+        Isolation::HighWatermark
+    };
+    let mut topics: Vec<(TopicName, Uuid, Vec<i32>)> = Vec::new();
     let mut items: Vec<Item> = Vec::new();
+    let image = ctx.shard.metadata();
     for t in req.topics {
-        let name = t.topic.0.as_str().to_owned();
+        let (name, unknown_id) = if ctx.api_version >= 13 {
+            match image.topic_by_id(t.topic_id) {
+                Some((name, _)) => (name.clone(), false),
+                None => (String::new(), true),
+            }
+        } else {
+            (t.topic.0.as_str().to_owned(), false)
+        };
         let mut parts = Vec::new();
         for p in t.partitions {
             parts.push(p.partition);
             items.push(Item {
                 topic: name.clone(),
+                unknown_id,
                 partition: p.partition,
                 fetch_offset: p.fetch_offset,
-                partition_max_bytes: p.partition_max_bytes.max(0) as usize,
+                partition_max_bytes: (p.partition_max_bytes.max(0) as usize).min(fetch_max),
+                isolation,
             });
         }
-        topics.push((t.topic, parts));
+        topics.push((t.topic, t.topic_id, parts));
     }
+    drop(image);
 
     let outcomes = loop {
         let mut outcomes = read_all(&ctx.shard, &items).await;
@@ -85,9 +126,10 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
     let mut resp = FetchResponse::default();
     resp.responses = topics
         .into_iter()
-        .map(|(name, parts)| {
+        .map(|(name, id, parts)| {
             let mut tr = FetchableTopicResponse::default();
             tr.topic = name;
+            tr.topic_id = id;
             tr.partitions = parts
                 .into_iter()
                 .map(|index| {
@@ -96,7 +138,7 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
                     pd.partition_index = index;
                     pd.error_code = o.error.map(|e| e.code()).unwrap_or(0);
                     pd.high_watermark = o.high_watermark;
-                    pd.last_stable_offset = o.high_watermark;
+                    pd.last_stable_offset = o.last_stable_offset;
                     pd.log_start_offset = o.log_start_offset;
                     pd.preferred_read_replica = BrokerId(-1);
                     pd.records = Some(o.records);
@@ -132,12 +174,10 @@ type ShardGroups = BTreeMap<usize, Vec<(usize, Item)>>;
 
 /// Groups items by owning shard; also returns the indexes of unknown partitions.
 fn group_by_shard(shard: &Shard, items: &[Item]) -> (ShardGroups, Vec<usize>) {
-    let image = shard.metadata();
-    let smp = shard.shard_count();
     let mut groups = ShardGroups::new();
     let mut unknown = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match image.shard_of(&item.topic, item.partition, smp) {
+        match shard.owner_of(&item.topic, item.partition).map(|s| s.0) {
             Some(s) => groups.entry(s).or_default().push((i, item.clone())),
             None => unknown.push(i),
         }
@@ -149,8 +189,13 @@ async fn read_all(shard: &Rc<Shard>, items: &[Item]) -> Vec<Outcome> {
     let (groups, unknown) = group_by_shard(shard, items);
     let mut outcomes: Vec<Outcome> = items.iter().map(|_| Outcome::default()).collect();
     for i in unknown {
-        outcomes[i].error = Some(ResponseError::UnknownTopicOrPartition);
+        outcomes[i].error = Some(if items[i].unknown_id {
+            ResponseError::UnknownTopicId
+        } else {
+            shard.not_served(&items[i].topic, items[i].partition)
+        });
         outcomes[i].high_watermark = -1;
+        outcomes[i].last_stable_offset = -1;
         outcomes[i].log_start_offset = -1;
     }
     let calls = groups.into_iter().map(|(target, group)| {
@@ -189,14 +234,17 @@ async fn read_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
                 return Outcome {
                     error: Some(ResponseError::NotLeaderOrFollower),
                     high_watermark: -1,
+                    last_stable_offset: -1,
                     log_start_offset: -1,
                     ..Outcome::default()
                 };
             };
-            match p.log.read(Offset(item.fetch_offset), item.partition_max_bytes, true).await {
+            let offset = Offset(item.fetch_offset);
+            match p.read(offset, item.partition_max_bytes, true, item.isolation).await {
                 Ok(r) => Outcome {
                     error: None,
                     high_watermark: r.high_watermark.0,
+                    last_stable_offset: r.last_stable_offset.0,
                     log_start_offset: r.log_start_offset.0,
                     records: r.records,
                 },
@@ -208,7 +256,8 @@ async fn read_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
                     Outcome {
                         error: Some(code),
                         high_watermark: p.high_watermark().0,
-                        log_start_offset: p.log.log_start_offset().0,
+                        last_stable_offset: p.last_stable_offset().0,
+                        log_start_offset: p.log_start_offset().0,
                         records: Bytes::new(),
                     }
                 }
@@ -247,7 +296,8 @@ async fn wait_on_shard(shard: Rc<Shard>, watch: Vec<(String, i32, i64)>, deadlin
     let mut listeners = Vec::new();
     for (topic, partition, offset) in watch {
         if let Some(p) = shard.partition(&topic, partition) {
-            let listener = p.log.listen_durable();
+            // Registered before the check, so an advance in between is not missed.
+            let listener = Box::pin(p.listen_visible());
             if p.high_watermark().0 > offset {
                 return;
             }

@@ -5,14 +5,19 @@
 //! starts a new sequence space just as well. Ids come from this shard's block, refilled from
 //! the controller, which persists each block before handing it out.
 //!
-//! Transactions are not served yet: a transactional id gets COORDINATOR_NOT_AVAILABLE, the
-//! same answer FindCoordinator gives for transaction coordinators.
+//! Transactions are not served yet: a transactional id gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+//! at once, the answer FindCoordinator gives for transaction coordinators too. Clients treat
+//! it as fatal and say so (librdkafka's `init_transactions` fails with it), where
+//! COORDINATOR_NOT_AVAILABLE, retriable, had them retry until their timeout.
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
 
+use super::find_coordinator::TRANSACTIONS_REFUSED;
 use crate::api::RequestContext;
-use crate::shard::{Shard, ShardId};
+use crate::controller_client::{ControllerClient, ProducerIdsError};
+use crate::errors::producer_ids_error;
+use crate::shard::Shard;
 
 pub async fn handle(ctx: &RequestContext, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let mut resp = InitProducerIdResponse::default();
@@ -25,8 +30,9 @@ pub async fn handle(ctx: &RequestContext, req: InitProducerIdRequest) -> InitPro
             resp.error_code = ResponseError::InvalidRequest.code();
             return resp;
         }
-        Some(_) => {
-            resp.error_code = ResponseError::CoordinatorNotAvailable.code();
+        Some(id) => {
+            super::find_coordinator::refuse_transactions(ctx, "InitProducerId", id);
+            resp.error_code = TRANSACTIONS_REFUSED.code();
             return resp;
         }
     }
@@ -37,24 +43,18 @@ pub async fn handle(ctx: &RequestContext, req: InitProducerIdRequest) -> InitPro
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot allocate a producer id");
-            resp.error_code = ResponseError::KafkaStorageError.code();
+            resp.error_code = producer_ids_error(&e).code();
         }
     }
     resp
 }
 
-async fn next_producer_id(shard: &Shard) -> anyhow::Result<i64> {
+async fn next_producer_id(shard: &Shard) -> Result<i64, ProducerIdsError> {
     loop {
         if let Some(id) = shard.producer_ids.borrow_mut().next() {
             return Ok(id);
         }
-        let block = shard
-            .invoke_on(ShardId(0), |s| async move {
-                let c = s.controller.clone().expect("shard 0 runs the controller");
-                c.allocate_producer_ids().await.map_err(|e| e.to_string())
-            })
-            .await?
-            .map_err(anyhow::Error::msg)?;
+        let block = ControllerClient::new(shard).allocate_producer_ids().await?;
         let mut ids = shard.producer_ids.borrow_mut();
         // Another request may have refilled it meanwhile; then this block goes unused.
         if ids.is_empty() {

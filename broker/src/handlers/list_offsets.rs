@@ -1,5 +1,8 @@
 //! ListOffsets (key 2): earliest (-2), latest (-1), the record with the largest timestamp
-//! (-3, v7+) and first offset at or after a timestamp.
+//! (-3, v7+), the earliest local offset (-4, v8+: the log start offset, as Kafka answers
+//! without tiered storage), the latest tiered offset (-5, v9+: none, offset -1 at leader
+//! epoch -1, as Kafka answers without tiered storage) and first offset at or after a
+//! timestamp. v10 adds a timeout for reads from remote storage, which Sluice has none of.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -18,6 +21,8 @@ use replication::Partition;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
 
 struct Query {
     slot: (usize, usize),
@@ -34,8 +39,6 @@ struct Answer {
 }
 
 pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffsetsResponse {
-    let image = ctx.shard.metadata();
-    let smp = ctx.shard.shard_count();
     let mut topics = Vec::new();
     let mut by_shard: BTreeMap<usize, Vec<Query>> = BTreeMap::new();
     let mut answers = Vec::new();
@@ -50,7 +53,7 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
             pr.offset = -1;
             tr.partitions.push(pr);
             let slot = (ti, pi);
-            match image.shard_of(&name, p.partition_index, smp) {
+            match ctx.shard.owner_of(&name, p.partition_index).map(|s| s.0) {
                 Some(s) => by_shard.entry(s).or_default().push(Query {
                     slot,
                     topic: name.clone(),
@@ -59,7 +62,7 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
                 }),
                 None => answers.push(Answer {
                     slot,
-                    error: Some(ResponseError::UnknownTopicOrPartition),
+                    error: Some(ctx.shard.not_served(&name, p.partition_index)),
                     timestamp: -1,
                     offset: -1,
                 }),
@@ -97,7 +100,8 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
         pr.timestamp = a.timestamp;
         pr.offset = a.offset;
         if ctx.api_version >= 4 {
-            pr.leader_epoch = 0;
+            // Every offset found is of leader epoch 0 on a single node; none found is -1.
+            pr.leader_epoch = if a.offset >= 0 { 0 } else { -1 };
         }
     }
     let mut resp = ListOffsetsResponse::default();
@@ -106,6 +110,7 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
 }
 
 async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
+    let limit = shard.config.message_decompressed_max_bytes;
     let mut out = Vec::with_capacity(queries.len());
     for q in queries {
         let Some(p) = shard.partition(&q.topic, q.partition) else {
@@ -124,29 +129,35 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
                 timestamp: -1,
                 offset: p.high_watermark().0,
             },
-            EARLIEST => Answer {
+            EARLIEST | EARLIEST_LOCAL => Answer {
                 slot: q.slot,
                 error: None,
                 timestamp: -1,
-                offset: p.log.log_start_offset().0,
+                offset: p.log_start_offset().0,
             },
             MAX_TIMESTAMP => {
                 // The first record carrying the log's largest timestamp.
-                let max = p.log.max_timestamp();
+                let max = p.max_timestamp();
                 let found = if max < 0 {
                     Ok(None)
                 } else {
-                    offset_for_timestamp(&p, max).await
+                    offset_for_timestamp(&p, max, limit).await
                 };
                 Answer::found(q.slot, found)
             }
+            LATEST_TIERED => Answer {
+                slot: q.slot,
+                error: None,
+                timestamp: -1,
+                offset: -1,
+            },
             ts if ts < 0 => Answer {
                 slot: q.slot,
                 error: Some(ResponseError::UnsupportedVersion),
                 timestamp: -1,
                 offset: -1,
             },
-            ts => Answer::found(q.slot, offset_for_timestamp(&p, ts).await),
+            ts => Answer::found(q.slot, offset_for_timestamp(&p, ts, limit).await),
         };
         out.push(answer);
     }
@@ -169,15 +180,33 @@ impl Answer {
     }
 }
 
-/// The first record at or after `ts`: the storage finds the batch, the record codec looks
-/// inside it (decompressing; ListOffsets is rare and small).
-async fn offset_for_timestamp(p: &Partition, ts: i64) -> Result<Option<(i64, i64)>, ResponseError> {
-    let batch = match p.log.batch_for_timestamp(ts).await {
+/// The first record at or after `ts`: the storage finds the batch, the record walk looks
+/// inside it on the shard's blocking thread (decompressing within
+/// `sluice.message.decompressed.max.bytes`, so a stored bomb cannot take the memory or
+/// stall the shard).
+async fn offset_for_timestamp(
+    p: &Partition,
+    ts: i64,
+    decompressed_max_bytes: usize,
+) -> Result<Option<(i64, i64)>, ResponseError> {
+    let batch = match p.batch_for_timestamp(ts).await {
         Ok(Some(batch)) => batch,
         Ok(None) => return Ok(None),
         Err(e) => return Err(storage_error(&e)),
     };
-    match protocol::records::first_record_at_or_after(&batch, ts) {
+    let plain = batch.len() <= (256 << 10)
+        && protocol::record_batch::RecordBatchView::parse(&batch)
+            .is_ok_and(|v| v.compression() == protocol::record_batch::Compression::None);
+    let walk = {
+        let batch = batch.clone();
+        move || protocol::records::first_record_at_or_after(&batch, ts, decompressed_max_bytes)
+    };
+    let found = if plain {
+        walk()
+    } else {
+        glommio::executor().spawn_blocking(walk).await
+    };
+    match found {
         Ok(Some(found)) => Ok(Some(found)),
         // The producer's max timestamp overstated its records; the batch is still the
         // first one that claims to reach `ts`, so answer with its start as Kafka's index would.

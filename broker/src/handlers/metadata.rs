@@ -13,12 +13,54 @@ use uuid::Uuid;
 use super::str_bytes;
 use crate::api::RequestContext;
 use crate::controller::TopicSpec;
+use crate::controller_client::ControllerClient;
 use crate::group::OFFSETS_TOPIC;
 use crate::metadata::{topic_name, validate_topic_name, TopicMeta};
-use crate::shard::ShardId;
 
 /// Kafka's "authorized operations not requested" marker.
-const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+pub(super) const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+/// One partition as Metadata and DescribeTopicPartitions describe it.
+pub(super) struct PartitionView {
+    pub index: i32,
+    pub leader: BrokerId,
+    pub leader_epoch: i32,
+    pub replicas: Vec<BrokerId>,
+    pub isr: Vec<BrokerId>,
+}
+
+/// The partitions `indexes` of a topic (those past its partition count are left out), with
+/// the leader, replicas and ISR of the metadata image (a pre-quorum partition is this
+/// node's alone). Leader epochs stay 0 until partitions replicate: that is the epoch the
+/// partition's data carries.
+pub(super) fn partitions<'a>(
+    node: BrokerId,
+    meta: &'a TopicMeta,
+    indexes: std::ops::Range<usize>,
+) -> impl Iterator<Item = PartitionView> + 'a {
+    let end = indexes.end.min(meta.partitions.len());
+    (indexes.start.min(end)..end).map(move |i| {
+        let p = &meta.partitions[i];
+        let ids = |v: &[i32]| -> Vec<BrokerId> {
+            if v.is_empty() {
+                vec![node]
+            } else {
+                v.iter().map(|b| BrokerId(*b)).collect()
+            }
+        };
+        PartitionView {
+            index: i as i32,
+            leader: if p.replicas.is_empty() {
+                node
+            } else {
+                BrokerId(p.leader)
+            },
+            leader_epoch: 0,
+            replicas: ids(&p.replicas),
+            isr: ids(&p.isr),
+        }
+    })
+}
 
 pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataResponse {
     let config = &ctx.shard.config;
@@ -54,17 +96,16 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
             })
             .collect();
         if !missing.is_empty() {
-            let created = ctx
-                .shard
-                .invoke_on(ShardId(0), move |s| async move {
-                    let c = s.controller.clone().expect("shard 0 runs the controller");
-                    c.create_topics(&s, missing, false).await
-                })
-                .await;
-            if let Ok(results) = created {
-                for r in results.iter().filter_map(|r| r.as_ref().err()) {
-                    tracing::warn!(error = %r, "auto-creating topic failed");
+            match ControllerClient::new(&ctx.shard)
+                .create_topics(missing, false)
+                .await
+            {
+                Ok(results) => {
+                    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+                        tracing::warn!(error = %r, "auto-creating topic failed");
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "auto-creating topics failed"),
             }
             image = ctx.shard.metadata();
         }
@@ -76,14 +117,14 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
         t.topic_id = meta.uuid();
         t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
         t.is_internal = name == OFFSETS_TOPIC;
-        t.partitions = (0..meta.partitions.len() as i32)
-            .map(|i| {
+        t.partitions = partitions(node, meta, 0..meta.partitions.len())
+            .map(|v| {
                 let mut p = MetadataResponsePartition::default();
-                p.partition_index = i;
-                p.leader_id = node;
-                p.leader_epoch = 0;
-                p.replica_nodes = vec![node];
-                p.isr_nodes = vec![node];
+                p.partition_index = v.index;
+                p.leader_id = v.leader;
+                p.leader_epoch = v.leader_epoch;
+                p.replica_nodes = v.replicas;
+                p.isr_nodes = v.isr;
                 p
             })
             .collect();
@@ -124,16 +165,20 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
             .collect(),
     };
 
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = node;
-    broker.host = str_bytes(config.advertised_host.clone());
-    broker.port = match config.advertised_port {
-        0 => ctx.shard.listen_port.get() as i32,
-        port => port as i32,
-    };
+    let brokers = super::live_brokers(&ctx.shard)
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            let mut b = MetadataResponseBroker::default();
+            b.node_id = BrokerId(id);
+            b.host = str_bytes(host);
+            b.port = port;
+            b.rack = rack.map(str_bytes);
+            b
+        })
+        .collect();
 
     let mut resp = MetadataResponse::default();
-    resp.brokers = vec![broker];
+    resp.brokers = brokers;
     resp.cluster_id = Some(str_bytes(config.cluster_id.clone()));
     resp.controller_id = node;
     resp.topics = topics;

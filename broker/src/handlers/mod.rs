@@ -13,6 +13,8 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
+pub mod describe_quorum;
+pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -35,6 +37,50 @@ pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
 }
 
 /// Milliseconds since the Unix epoch: read once per request at the handler edge.
+/// Where clients reach broker `id`: this broker's own advertised listener (its port once
+/// bound, when configured as 0), another's from its registration.
+pub(crate) fn endpoint(shard: &crate::shard::Shard, id: i32) -> Option<(String, i32)> {
+    let c = &shard.config;
+    if id == c.node_id {
+        let port = match c.advertised_port {
+            0 => shard.listen_port.get() as i32,
+            p => p as i32,
+        };
+        return Some((c.advertised_host.clone(), port));
+    }
+    let image = shard.metadata();
+    let b = image.brokers.get(&id)?;
+    Some((b.host.clone(), b.port as i32))
+}
+
+/// The brokers clients are told of: the unfenced registered ones, this broker always
+/// (before it is registered too), by id.
+pub(crate) fn live_brokers(shard: &crate::shard::Shard) -> Vec<(i32, String, i32, Option<String>)> {
+    let image = shard.metadata();
+    let me = shard.config.node_id;
+    let mut ids: Vec<i32> = image
+        .brokers
+        .iter()
+        .filter(|(id, b)| !b.fenced || **id == me)
+        .map(|(id, _)| *id)
+        .collect();
+    if !ids.contains(&me) {
+        ids.push(me);
+        ids.sort_unstable();
+    }
+    ids.into_iter()
+        .filter_map(|id| {
+            let (host, port) = endpoint(shard, id)?;
+            let rack = if id == me {
+                shard.config.rack.clone()
+            } else {
+                image.brokers.get(&id).and_then(|b| b.rack.clone())
+            };
+            Some((id, host, port, rack))
+        })
+        .collect()
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

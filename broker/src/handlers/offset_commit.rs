@@ -37,10 +37,11 @@ pub async fn handle(ctx: &RequestContext, req: OffsetCommitRequest) -> OffsetCom
                 .as_ref()
                 .map(|m| m.to_string())
                 .unwrap_or_default();
-            if image
-                .shard_of(&name, p.partition_index, ctx.shard.shard_count())
-                .is_none()
-            {
+            // The partition must exist in the cluster; it may live on another broker.
+            let exists = image.topics.get(&name).is_some_and(|t| {
+                usize::try_from(p.partition_index).is_ok_and(|i| i < t.partitions.len())
+            });
+            if !exists {
                 pr.error_code = ResponseError::UnknownTopicOrPartition.code();
             } else if metadata.len() > metadata_max {
                 pr.error_code = ResponseError::OffsetMetadataTooLarge.code();
@@ -98,7 +99,7 @@ pub async fn handle(ctx: &RequestContext, req: OffsetCommitRequest) -> OffsetCom
             })
             .collect();
         if let Err(e) = s.append_group_records(Write { partition, records }).await {
-            tracing::warn!(group = %g, error = %e, "offset commit not stored");
+            tracing::warn!(group = ?g, error = %e, "offset commit not stored");
             return Err(append_error(&e));
         }
         let entries = commits.into_iter().map(|c| {

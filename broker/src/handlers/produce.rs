@@ -14,11 +14,14 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::records::Compression as Codec;
 use kafka_protocol::ResponseError;
+use protocol::record_batch::{BatchIter, Compression};
+use replication::Append;
 
 use super::{now_ms, str_bytes};
 use crate::api::RequestContext;
-use crate::errors::storage_error;
+use crate::errors::{batch_error, client_batch_error, storage_error};
 use crate::group::OFFSETS_TOPIC;
 use crate::shard::{Shard, ShardId};
 use crate::topic_config;
@@ -43,16 +46,40 @@ struct Outcome {
 
 pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
-    let smp = ctx.shard.shard_count();
     let image = ctx.shard.metadata();
     let mut responses: Vec<TopicProduceResponse> = Vec::with_capacity(req.topic_data.len());
     let mut by_shard: BTreeMap<usize, Vec<Item>> = BTreeMap::new();
     let mut early: Vec<Outcome> = Vec::new();
+    let mut checks: Vec<Check> = Vec::new();
+    let now = now_ms();
     for (ti, topic) in req.topic_data.into_iter().enumerate() {
-        let name = topic.name.0.as_str().to_owned();
+        // From v13 the topic is named by its id (KIP-516); an id that names no topic is
+        // UNKNOWN_TOPIC_ID.
+        let (name, unknown) = if ctx.api_version >= 13 {
+            match image.topic_by_id(topic.topic_id) {
+                Some((name, _)) => (name.clone(), ResponseError::UnknownTopicOrPartition),
+                None => (String::new(), ResponseError::UnknownTopicId),
+            }
+        } else {
+            (
+                topic.name.0.as_str().to_owned(),
+                ResponseError::UnknownTopicOrPartition,
+            )
+        };
         let mut tr = TopicProduceResponse::default();
         tr.name = topic.name.clone();
         tr.topic_id = topic.topic_id;
+        // What every partition of the topic is checked against, worked out once per topic.
+        let settings = image.topics.get(&name).map(|meta| TopicSettings {
+            rules: topic_config::client_rules(
+                &ctx.shard.config,
+                &meta.configs,
+                now as i64,
+                image.next_producer_id,
+            ),
+            codec: topic_config::fixed_codec(&meta.configs),
+            max_batch_bytes: topic_config::max_message_bytes(&ctx.shard.config, &meta.configs),
+        });
         for (pi, part) in topic.partition_data.into_iter().enumerate() {
             let mut pr = PartitionProduceResponse::default();
             pr.index = part.index;
@@ -78,61 +105,71 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
                 ));
                 continue;
             }
-            let compacted = image.topics.get(&name).is_some_and(|t| {
-                t.configs
-                    .get("cleanup.policy")
-                    .is_some_and(|p| p.split(',').any(|i| i.trim() == "compact"))
+            let Some(settings) = &settings else {
+                let what = if name.is_empty() {
+                    format!("topic id {}", topic.topic_id)
+                } else {
+                    format!("{name}-{}", part.index)
+                };
+                early.push(Outcome::error(
+                    slot,
+                    unknown,
+                    format!("{what} does not exist"),
+                ));
+                continue;
+            };
+            let records = part.records;
+            let check = records.as_ref().filter(|r| !r.is_empty()).map(|r| Check {
+                slot,
+                records: r.clone(),
+                rules: settings.rules.clone(),
+                codec: settings.codec,
             });
-            if compacted {
-                if let Some(outcome) = keyless_records(slot, &name, part.index, &part.records) {
-                    early.push(outcome);
-                    continue;
+            match ctx.shard.owner_of(&name, part.index).map(|s| s.0) {
+                Some(shard) => {
+                    checks.extend(check);
+                    by_shard.entry(shard).or_default().push(Item {
+                        slot,
+                        topic: name.clone(),
+                        partition: part.index,
+                        records,
+                        max_batch_bytes: settings.max_batch_bytes,
+                    })
                 }
-            }
-            let mut records = part.records;
-            if let Some(codec) = image
-                .topics
-                .get(&name)
-                .and_then(|t| topic_config::fixed_codec(&t.configs))
-            {
-                if let Some(r) = &records {
-                    match protocol::records::recompress(r, codec) {
-                        Ok(Some(re)) => records = Some(re),
-                        Ok(None) => {}
-                        Err(e) => {
-                            early.push(Outcome::error(
-                                slot,
-                                ResponseError::CorruptMessage,
-                                e.to_string(),
-                            ));
-                            continue;
-                        }
-                    }
+                None => {
+                    let code = ctx.shard.not_served(&name, part.index);
+                    let why = if code == ResponseError::NotLeaderOrFollower {
+                        format!("this broker does not lead {name}-{}", part.index)
+                    } else {
+                        format!("{name}-{} does not exist", part.index)
+                    };
+                    early.push(Outcome::error(slot, code, why))
                 }
-            }
-            match image.shard_of(&name, part.index, smp) {
-                Some(shard) => by_shard.entry(shard).or_default().push(Item {
-                    slot,
-                    topic: name.clone(),
-                    partition: part.index,
-                    records,
-                    max_batch_bytes: image
-                        .topics
-                        .get(&name)
-                        .map_or(ctx.shard.config.message_max_bytes, |t| {
-                            topic_config::max_message_bytes(&ctx.shard.config, &t.configs)
-                        }),
-                }),
-                None => early.push(Outcome::error(
-                    slot,
-                    ResponseError::UnknownTopicOrPartition,
-                    format!("{name}-{} does not exist", part.index),
-                )),
             }
         }
         responses.push(tr);
     }
 
+    // Client batches are checked (and re-compressed for a fixed codec) before anything is
+    // appended; a refused partition is answered without touching its log.
+    for (slot, checked) in run_checks(checks).await {
+        match checked {
+            Ok(Some(records)) => set_records(&mut by_shard, slot, records),
+            Ok(None) => {}
+            Err(outcome) => {
+                if let Some((code, message)) = &outcome.error {
+                    crate::server::warn_connection(
+                        &ctx.shard,
+                        &ctx.client_host,
+                        "produce rejected",
+                        &format_args!("{code:?}: {message}"),
+                    );
+                }
+                remove_item(&mut by_shard, slot);
+                early.push(outcome);
+            }
+        }
+    }
     let mut appended = Vec::with_capacity(by_shard.len());
     let calls = by_shard.into_iter().map(|(shard, items)| {
         let local = ctx.shard.clone();
@@ -203,40 +240,93 @@ impl Outcome {
     }
 }
 
-/// A compacted topic keeps the latest record per key, so Kafka refuses records without one
-/// (INVALID_RECORD, naming each such record). This decodes the records (decompressing):
-/// only compacted topics pay for it.
-fn keyless_records(
+/// A topic's produce settings, the same for each of its partitions in a request.
+struct TopicSettings {
+    rules: protocol::validate::ClientRules,
+    codec: Option<Codec>,
+    max_batch_bytes: usize,
+}
+
+/// One partition's records to check before appending.
+struct Check {
     slot: (usize, usize),
-    topic: &str,
-    partition: i32,
-    records: &Option<Bytes>,
-) -> Option<Outcome> {
-    let mut buf = records.clone()?;
+    records: Bytes,
+    rules: protocol::validate::ClientRules,
+    /// The topic's fixed `compression.type`, if it has one.
+    codec: Option<Codec>,
+}
+
+/// Uncompressed records up to this size are checked on the shard itself (walking them costs
+/// well under a millisecond); anything compressed, larger or to be re-compressed is checked
+/// on the shard's blocking thread, so a decompression never stalls the shard.
+const INLINE_CHECK_BYTES_MAX: usize = 256 << 10;
+
+/// `Ok(Some(records))` replaces the records (re-compressed), `Ok(None)` keeps them.
+type Checked = Result<Option<Bytes>, Outcome>;
+
+async fn run_checks(checks: Vec<Check>) -> Vec<((usize, usize), Checked)> {
+    let (inline, heavy): (Vec<Check>, Vec<Check>) = checks.into_iter().partition(|c| {
+        c.codec.is_none()
+            && c.records.len() <= INLINE_CHECK_BYTES_MAX
+            && BatchIter::new(&c.records, false).all(|v| v.compression() == Compression::None)
+    });
+    let mut out: Vec<_> = inline.into_iter().map(|c| (c.slot, check(c))).collect();
+    if !heavy.is_empty() {
+        let checked = glommio::executor()
+            .spawn_blocking(move || {
+                heavy
+                    .into_iter()
+                    .map(|c| (c.slot, check(c)))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        out.extend(checked);
+    }
+    out
+}
+
+/// Kafka's checks of a client's batches (`protocol::validate`), then re-compression when
+/// the topic has a fixed codec. Runs on any thread.
+fn check(c: Check) -> Checked {
     let mut index = 0i32;
-    let mut missing = Vec::new();
-    while !buf.is_empty() {
-        // A batch that does not decode is the log's to refuse, with its own error.
-        let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) else {
-            return None;
-        };
-        for r in &set.records {
-            if r.key.is_none() {
-                missing.push(index);
+    let mut batches = BatchIter::new(&c.records, true);
+    for view in batches.by_ref() {
+        if let Err(e) = protocol::validate::validate_client_batch(&view, &c.rules) {
+            let mut outcome = Outcome::error(c.slot, client_batch_error(&e), e.to_string());
+            if let protocol::validate::ClientBatchError::MissingKeys { indexes } = e {
+                outcome.record_errors = indexes.iter().map(|i| index + i).collect();
+            } else {
+                outcome.record_errors = vec![index];
             }
-            index += 1;
+            return Err(outcome);
         }
+        index = index.saturating_add(view.records_count());
     }
-    if missing.is_empty() {
-        return None;
+    if let Some(e) = batches.error() {
+        return Err(Outcome::error(
+            c.slot,
+            batch_error(e),
+            format!("invalid record batch at byte {}: {e}", batches.consumed()),
+        ));
     }
-    let mut o = Outcome::error(
-        slot,
-        ResponseError::InvalidRecord,
-        format!("compacted topic cannot accept message without key in topic partition {topic}-{partition}"),
-    );
-    o.record_errors = missing;
-    Some(o)
+    let Some(codec) = c.codec else {
+        return Ok(None);
+    };
+    protocol::records::recompress(&c.records, codec, c.rules.decompressed_max_bytes)
+        .map_err(|e| Outcome::error(c.slot, ResponseError::CorruptMessage, e.to_string()))
+}
+
+fn set_records(by_shard: &mut BTreeMap<usize, Vec<Item>>, slot: (usize, usize), records: Bytes) {
+    if let Some(item) = by_shard.values_mut().flatten().find(|i| i.slot == slot) {
+        item.records = Some(records);
+    }
+}
+
+fn remove_item(by_shard: &mut BTreeMap<usize, Vec<Item>>, slot: (usize, usize)) {
+    for items in by_shard.values_mut() {
+        items.retain(|i| i.slot != slot);
+    }
+    by_shard.retain(|_, items| !items.is_empty());
 }
 
 /// Runs on the owning shard: appends every item, signals `appended`, then waits until each
@@ -259,15 +349,11 @@ async fn append_on_shard(
                 return (item, Err(e));
             };
             let records = item.records.take().unwrap_or_default();
-            let result = partition
-                .log
-                .append(
-                    &records,
-                    partition.leader_epoch.0,
-                    item.max_batch_bytes,
-                    now,
-                )
-                .await;
+            let append = Append::Client {
+                records,
+                max_batch_bytes: item.max_batch_bytes,
+            };
+            let result = partition.append(append, now).await;
             (item, Ok((partition, result)))
         }
     });
@@ -278,7 +364,7 @@ async fn append_on_shard(
         .map(|(item, appended)| async move {
             let result = match appended {
                 Err(outcome) => return outcome,
-                Ok((p, Ok(info))) => p.log.wait_durable(info.end_offset).await.map(|_| info),
+                Ok((p, Ok(info))) => p.wait_committed(info.end_offset).await.map(|_| info),
                 Ok((_, Err(e))) => Err(e),
             };
             match result {

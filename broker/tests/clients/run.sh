@@ -31,6 +31,10 @@ echo "== consumer groups: rebalances, session timeouts, static members, admin cl
 python3 "$here/groups.py" --broker "$root/target/release/sluice"
 echo "== topic administration: configs, partitions, delete records, retention"
 python3 "$here/admin.py" --broker "$root/target/release/sluice"
+echo "== compatibility defects found by real clients"
+python3 "$here/compat.py" --broker "$root/target/release/sluice"
 echo "== idempotent producers through kill -9 and lost responses"
 python3 "$here/idempotence.py" --broker "$root/target/release/sluice" \
   --records "${SLUICE_IDEMPOTENCE_RECORDS:-1000000}"
+echo "== a 3-node cluster (deploy/cluster.sh): every client, every partition, groups on every coordinator"
+python3 "$here/cluster.py" --broker "$root/target/release/sluice"

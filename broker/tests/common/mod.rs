@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -43,7 +45,7 @@ fn ready_addr(log: &str, after: usize) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-fn strip_ansi(line: &str) -> String {
+pub fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
@@ -122,6 +124,51 @@ impl Broker {
         }
     }
 
+    /// Runs the broker with `extra` properties added, expecting it to exit at start-up;
+    /// returns its exit status (panics if it is still running after 30 s).
+    pub fn run_to_exit(&mut self, extra: &[&str]) -> std::process::ExitStatus {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("start")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--smp")
+            .arg(self.smp.to_string())
+            .arg("--prop")
+            .arg("sluice.admin.listen=127.0.0.1:0");
+        for p in self
+            .props
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+        {
+            cmd.arg("--prop").arg(p);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the broker kept running: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The admin HTTP server's address from the newest "sluice ready" line.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         let log = self.log();
@@ -159,6 +206,41 @@ impl Broker {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// How many descriptors the broker process has open now (from /proc), if it runs.
+    pub fn open_fds(&self) -> Option<usize> {
+        let pid = self.child.as_ref()?.id();
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    }
+
+    /// Sets the running broker's open-files limit (soft and hard) with prlimit(2), so a test
+    /// can put the limit just above what the broker holds once it has started.
+    pub fn set_open_files_limit(&self, limit: u64) -> std::io::Result<()> {
+        let pid = self.child.as_ref().expect("broker not running").id();
+        let lim = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: prlimit reads the rlimit we pass and writes nothing (old limit is null).
+        let rc = unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &lim,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// GET `path` from the admin server: the status and the body.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self.admin_addr().expect("admin server");
+        http_get(addr, path).expect("admin server reachable")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -246,6 +328,30 @@ impl Client {
     pub fn is_closed_by_peer(&mut self) -> bool {
         let mut buf = [0u8; 1];
         matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
+    }
+
+    /// The topic's partition count in a Metadata response, or None if it is unknown.
+    pub fn metadata_partitions(&mut self, topic: &str) -> Option<usize> {
+        let mut t = metadata_request::MetadataRequestTopic::default();
+        t.name = Some(TopicName(StrBytes::from_string(topic.into())));
+        let mut req = MetadataRequest::default();
+        req.topics = Some(vec![t]);
+        req.allow_auto_topic_creation = false;
+        let resp = self.send(&req, 12);
+        let t = &resp.topics[0];
+        (t.error_code == 0).then_some(t.partitions.len())
+    }
+
+    /// A producer id from InitProducerId (no transactional id).
+    pub fn init_producer_id(&mut self) -> i64 {
+        let mut req = InitProducerIdRequest::default();
+        req.transactional_id = None;
+        req.transaction_timeout_ms = 60_000;
+        req.producer_id = ProducerId(-1);
+        req.producer_epoch = -1;
+        let resp = self.send(&req, 4);
+        assert_eq!(resp.error_code, 0, "InitProducerId");
+        resp.producer_id.0
     }
 
     pub fn create_topic(&mut self, name: &str, partitions: i32) -> i16 {
@@ -382,13 +488,132 @@ pub fn batch(values: &[Vec<u8>], ts: i64, compression: Compression) -> Bytes {
     buf.freeze()
 }
 
-pub fn metadata_shards(data_dir: &Path, topic: &str) -> Vec<u64> {
-    let text = std::fs::read_to_string(data_dir.join("__cluster/metadata.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["topics"][topic]["partitions"]
+/// GET `path` from an HTTP server at `addr`: the status and the body, or None if it
+/// cannot be reached.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Each partition's shard index, as the broker's /v1/topics reports it.
+pub fn metadata_shards(broker: &Broker, topic: &str) -> Vec<u64> {
+    let (status, body) = broker.admin_get("/v1/topics");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let t = v
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["shard"].as_u64().unwrap())
+        .find(|t| t["name"] == topic)
+        .unwrap_or_else(|| panic!("no topic {topic} in {body}"));
+    t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["shard_index"].as_u64().unwrap())
         .collect()
+}
+
+impl Broker {
+    /// SIGTERM, then waits up to `timeout` for the process to exit: its exit status, or an
+    /// error (after a kill -9) when it did not exit in time.
+    pub fn stop_within(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, String> {
+        let Some(mut c) = self.child.take() else {
+            return Err("the broker is not running".into());
+        };
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            match c.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return Err(format!(
+                        "the broker did not exit within {timeout:?} of SIGTERM"
+                    ));
+                }
+                Err(e) => return Err(format!("waiting for the broker: {e}")),
+            }
+        }
+    }
+}
+
+/// Makes `cmd`'s process start with the open files limit (`soft`, `hard`).
+pub fn limit_open_files(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; the closure only calls it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Raises this process's soft open-files limit to its hard limit and returns the new soft
+/// limit (tests that open hundreds of sockets must not run out themselves first).
+pub fn raise_own_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a stack value.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Appends `v` zigzag-encoded as a varint (the record format's integers).
+pub fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Recomputes a batch's CRC32C over bytes 21.. (attributes to the end), stored big-endian
+/// at 17..21, as a hostile client that edits a valid batch would.
+pub fn fix_crc(b: &mut [u8]) {
+    if b.len() >= 21 {
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
 }

@@ -1,0 +1,304 @@
+//! Inter-node traffic on the controller listener (codec: `replication::wire`), on shard 0.
+//!
+//! - **Raft**: one outbound connection per other voter, fed by a bounded outbox
+//!   ([`RAFT_OUTBOX_MAX`] messages); a message that does not fit, or a connection that is
+//!   down, is dropped and reported to raft as unreachable (raft resends). A lost connection
+//!   is retried with backoff ([`RECONNECT_BACKOFF_MIN`] doubling to
+//!   [`RECONNECT_BACKOFF_MAX`]).
+//! - **Calls** (registration, heartbeats, forwarded admin changes): one short connection
+//!   per call, answered by one `Reply`, within `controller.quorum.request.timeout.ms`.
+//!
+//! Every connection opens with a `Hello` each way; a peer of another cluster, or whose
+//! `controller.quorum.voters` differ, gets a `HelloRefused` and is closed (with a log line).
+//! Inbound frames are length-checked against `sluice.controller.frame.max.bytes` before
+//! anything is allocated; a malformed frame closes its connection and is logged.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use replication::quorum::eraftpb::Message;
+use replication::wire::{self, PeerMessage, Voter};
+
+use crate::controller::Controller;
+
+/// Raft messages queued for one peer before new ones are dropped.
+pub const RAFT_OUTBOX_MAX: usize = 1024;
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Who this node is, as its `Hello` says.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub node_id: i32,
+    pub voters: Vec<Voter>,
+    /// `sluice.controller.frame.max.bytes`.
+    pub frame_max: usize,
+    /// `controller.quorum.request.timeout.ms`.
+    pub timeout: Duration,
+}
+
+impl Identity {
+    fn hello(&self) -> PeerMessage {
+        PeerMessage::Hello {
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id,
+            voters: self.voters.clone(),
+        }
+    }
+
+    pub fn voter_addr(&self, node_id: i32) -> Option<String> {
+        self.voters
+            .iter()
+            .find(|v| v.node_id == node_id)
+            .map(|v| format!("{}:{}", v.host, v.port))
+    }
+}
+
+async fn write_frame(s: &mut TcpStream, correlation: u32, msg: &PeerMessage) -> Result<()> {
+    s.write_all(&wire::encode(correlation, msg)).await?;
+    Ok(())
+}
+
+async fn read_frame(s: &mut TcpStream, max: usize) -> Result<Option<(u32, PeerMessage)>> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let n = wire::frame_length(len, max)?;
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).await?;
+    Ok(Some(wire::decode(&body)?))
+}
+
+/// Opens a connection to `addr` and exchanges Hellos.
+async fn connect(me: &Identity, addr: &str) -> Result<TcpStream> {
+    let sock: SocketAddr = {
+        use std::net::ToSocketAddrs;
+        addr.to_socket_addrs()
+            .with_context(|| format!("resolving {addr}"))?
+            .next()
+            .with_context(|| format!("{addr} resolves to nothing"))?
+    };
+    let mut s = TcpStream::connect_timeout(sock, me.timeout)
+        .await
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true).map_err(std::io::Error::from)?;
+    s.set_read_timeout(Some(me.timeout))
+        .map_err(std::io::Error::from)?;
+    s.set_write_timeout(Some(me.timeout))
+        .map_err(std::io::Error::from)?;
+    write_frame(&mut s, 0, &me.hello()).await?;
+    match read_frame(&mut s, me.frame_max).await? {
+        Some((
+            _,
+            PeerMessage::Hello {
+                cluster_id,
+                node_id,
+                voters,
+            },
+        )) => {
+            wire::check_hello(
+                (&me.cluster_id, &me.voters),
+                (&cluster_id, &voters),
+                node_id,
+            )
+            .map_err(anyhow::Error::msg)?;
+            Ok(s)
+        }
+        Some((_, PeerMessage::HelloRefused { reason })) => bail!("{addr} refused us: {reason}"),
+        Some(_) => bail!("{addr} did not answer with a Hello"),
+        None => bail!("{addr} closed the connection"),
+    }
+}
+
+/// One call to the node at `addr`: a request, its reply.
+pub async fn call(me: &Identity, addr: &str, msg: &PeerMessage) -> Result<PeerMessage> {
+    let work = async {
+        let mut s = connect(me, addr).await?;
+        write_frame(&mut s, 1, msg).await?;
+        match read_frame(&mut s, me.frame_max).await? {
+            Some((_, reply @ PeerMessage::Reply { .. })) => Ok(reply),
+            Some(_) => bail!("{addr} answered with something other than a Reply"),
+            None => bail!("{addr} closed the connection before replying"),
+        }
+    };
+    let limit = glommio::timer::sleep(me.timeout * 2);
+    match futures::future::select(Box::pin(work), Box::pin(limit)).await {
+        futures::future::Either::Left((r, _)) => r,
+        futures::future::Either::Right(_) => bail!("call to {addr} timed out"),
+    }
+}
+
+/// The outboxes of Raft messages, one per other voter.
+pub struct RaftOutboxes {
+    outboxes: BTreeMap<i32, flume::Sender<Message>>,
+}
+
+impl RaftOutboxes {
+    /// Starts one sender task per other voter; `unreachable` is told of each peer whose
+    /// messages could not be delivered.
+    pub fn start(me: Rc<Identity>, unreachable: Rc<dyn Fn(i32)>) -> RaftOutboxes {
+        let mut outboxes = BTreeMap::new();
+        for v in me.voters.iter().filter(|v| v.node_id != me.node_id) {
+            let (tx, rx) = flume::bounded::<Message>(RAFT_OUTBOX_MAX);
+            outboxes.insert(v.node_id, tx);
+            let (me, peer, unreachable) = (me.clone(), v.node_id, unreachable.clone());
+            glommio::spawn_local(async move {
+                let addr = me.voter_addr(peer).expect("a voter");
+                let mut backoff = RECONNECT_BACKOFF_MIN;
+                let mut logged = false;
+                loop {
+                    // Wait for something to send before connecting.
+                    let Ok(first) = rx.recv_async().await else {
+                        return;
+                    };
+                    let mut s = match connect(&me, &addr).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            if !logged {
+                                tracing::warn!(peer, error = %format!("{e:#}"), "cannot reach voter; retrying");
+                                logged = true;
+                            }
+                            unreachable(peer);
+                            // Drop what queued meanwhile: raft resends what matters.
+                            while rx.try_recv().is_ok() {}
+                            glommio::timer::sleep(backoff).await;
+                            backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+                            continue;
+                        }
+                    };
+                    if logged {
+                        tracing::info!(peer, "voter reachable again");
+                    }
+                    logged = false;
+                    backoff = RECONNECT_BACKOFF_MIN;
+                    let mut next = Some(first);
+                    loop {
+                        let m = match next.take() {
+                            Some(m) => m,
+                            None => match rx.recv_async().await {
+                                Ok(m) => m,
+                                Err(_) => return,
+                            },
+                        };
+                        if let Err(e) = write_frame(&mut s, 0, &PeerMessage::Raft(m)).await {
+                            tracing::debug!(peer, error = %e, "voter connection lost");
+                            unreachable(peer);
+                            break;
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+        RaftOutboxes { outboxes }
+    }
+
+    /// Queues `m` for its peer; false if it could not be queued.
+    pub fn send(&self, m: Message) -> bool {
+        let to = m.to as i32 - 1;
+        match self.outboxes.get(&to) {
+            Some(tx) => tx.try_send(m).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// Serves the controller listener: Hellos checked, Raft messages stepped into the local
+/// quorum node, calls answered by the controller.
+pub fn start_listener(
+    addr: SocketAddr,
+    me: Rc<Identity>,
+    controller: Weak<Controller>,
+) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("binding the controller listener {addr}"))?;
+    tracing::info!(%addr, "controller listener");
+    glommio::spawn_local(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "controller listener accept failed; backing off");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (me, controller) = (me.clone(), controller.clone());
+            glommio::spawn_local(async move {
+                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                if let Err(e) = serve(stream, &me, controller).await {
+                    tracing::warn!(peer = ?peer, error = %format!("{e:#}"), "inter-node connection closed");
+                }
+            })
+            .detach();
+        }
+    })
+    .detach();
+    Ok(())
+}
+
+async fn serve(mut s: TcpStream, me: &Identity, controller: Weak<Controller>) -> Result<()> {
+    s.set_nodelay(true).map_err(std::io::Error::from)?;
+    // The Hello must come at once; afterwards a voter's connection may idle between
+    // heartbeats (raft's heartbeats keep it busy while a leader lives).
+    s.set_read_timeout(Some(me.timeout))
+        .map_err(std::io::Error::from)?;
+    let first = read_frame(&mut s, me.frame_max).await?;
+    let Some((
+        _,
+        PeerMessage::Hello {
+            cluster_id,
+            node_id,
+            voters,
+        },
+    )) = first
+    else {
+        bail!("the first frame was not a Hello");
+    };
+    if let Err(reason) = wire::check_hello(
+        (&me.cluster_id, &me.voters),
+        (&cluster_id, &voters),
+        node_id,
+    ) {
+        let _ = write_frame(
+            &mut s,
+            0,
+            &PeerMessage::HelloRefused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        bail!("refused node {node_id}: {reason}");
+    }
+    write_frame(&mut s, 0, &me.hello()).await?;
+    s.set_read_timeout(None).map_err(std::io::Error::from)?;
+    loop {
+        let Some((correlation, msg)) = read_frame(&mut s, me.frame_max).await? else {
+            return Ok(());
+        };
+        let Some(c) = controller.upgrade() else {
+            return Ok(());
+        };
+        match msg {
+            PeerMessage::Raft(m) => c.step_raft(m).await,
+            PeerMessage::Register { .. }
+            | PeerMessage::Heartbeat { .. }
+            | PeerMessage::Forward { .. } => {
+                let reply = c.answer_call(msg).await;
+                write_frame(&mut s, correlation, &reply).await?;
+            }
+            other => bail!("unexpected {:?} frame", std::mem::discriminant(&other)),
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Three combined nodes (broker and controller) on this machine: one metadata quorum,
+//! brokers that register, heartbeat and get fenced, partitions spread over the brokers and
+//! served by their leaders, a controller that fails over with nothing committed lost.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{batch, Client};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::Compression;
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+
+/// Fast failure detection for tests: heartbeats every 300 ms, fenced after 2 s.
+const FAST: [&str; 3] = [
+    "broker.heartbeat.interval.ms=300",
+    "broker.session.timeout.ms=2000",
+    "controller.quorum.election.timeout.ms=1000",
+];
+
+fn metadata(c: &mut Client, topic: Option<&str>) -> MetadataResponse {
+    let mut req = MetadataRequest::default();
+    req.topics = topic.map(|t| {
+        let mut mt = metadata_request::MetadataRequestTopic::default();
+        mt.name = Some(TopicName(StrBytes::from_string(t.into())));
+        vec![mt]
+    });
+    req.allow_auto_topic_creation = false;
+    c.send(&req, 12)
+}
+
+/// Every topic name in `c`'s broker's Metadata.
+fn topic_names(c: &mut Client) -> BTreeSet<String> {
+    metadata(c, None)
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect()
+}
+
+/// Each partition's leader as `node`'s Metadata tells it.
+fn leaders(cluster: &Cluster, node: i32, topic: &str) -> Vec<i32> {
+    let md = metadata(&mut cluster.client(node), Some(topic));
+    let t = &md.topics[0];
+    assert_eq!(t.error_code, 0, "{topic} on node {node}");
+    let mut v: Vec<(i32, i32)> = t
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, l)| l).collect()
+}
+
+fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_nodes_agree_and_each_partition_is_served_by_its_leader() {
+    let cluster = Cluster::start(3, &[]);
+    // Each node learns of the others' registrations as its image catches up.
+    for node in 1..=3 {
+        wait_until(
+            &format!("brokers 1, 2 and 3 seen by node {node}"),
+            Duration::from_secs(10),
+            || {
+                let md = metadata(&mut cluster.client(node), None);
+                let ids: BTreeSet<i32> = md.brokers.iter().map(|b| b.node_id.0).collect();
+                ids == BTreeSet::from([1, 2, 3])
+            },
+        );
+    }
+    // Created through one node (forwarded to the active controller whichever it is).
+    assert_eq!(cluster.client(2).create_topic("spread", 12), 0);
+    // The node that took the request has the topic when it answers.
+    let leaders_seen = leaders(&cluster, 2, "spread");
+    assert_eq!(
+        leaders_seen.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 2, 3]),
+        "12 partitions must have leaders on all three brokers: {leaders_seen:?}"
+    );
+    // Every node has the same view once the topic is committed there.
+    for node in [1, 3] {
+        wait_until(
+            "the same leaders everywhere",
+            Duration::from_secs(10),
+            || {
+                metadata(&mut cluster.client(node), Some("spread")).topics[0].error_code == 0
+                    && leaders(&cluster, node, "spread") == leaders_seen
+            },
+        );
+    }
+    for (p, leader) in leaders_seen.iter().enumerate() {
+        let p = p as i32;
+        let value = format!("p{p}").into_bytes();
+        let mut c = cluster.client(*leader);
+        let r = c.produce(
+            "spread",
+            &[(p, batch(std::slice::from_ref(&value), 1, Compression::None))],
+            -1,
+        );
+        assert_eq!(r[0].1, 0, "produce to partition {p} at its leader {leader}");
+        let recs = c.fetch_all("spread", p);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].value.as_deref(), Some(&value[..]));
+        // Any other broker sends the client to the leader.
+        let other = leader % 3 + 1;
+        let r = cluster.client(other).produce(
+            "spread",
+            &[(p, batch(std::slice::from_ref(&value), 1, Compression::None))],
+            -1,
+        );
+        assert_eq!(
+            r[0].1, NOT_LEADER_OR_FOLLOWER,
+            "partition {p} at node {other}"
+        );
+        let (err, _, _) = cluster.client(other).fetch("spread", p, 0, 0);
+        assert_eq!(
+            err, NOT_LEADER_OR_FOLLOWER,
+            "fetch of partition {p} at node {other}"
+        );
+    }
+    // /v1/brokers shows every broker unfenced and one controller that all agree on.
+    let d = cluster.describe(1);
+    let states: Vec<&str> = d["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["unfenced"; 3], "{d}");
+    let controller = cluster.controller(1, Duration::from_secs(5)).unwrap();
+    for node in 2..=3 {
+        assert_eq!(
+            cluster.controller(node, Duration::from_secs(5)),
+            Some(controller)
+        );
+    }
+}
+
+#[test]
+fn the_active_controller_fails_over_and_nothing_committed_is_lost() {
+    let mut cluster = Cluster::start(3, &FAST);
+    let controller = cluster.controller(1, Duration::from_secs(10)).unwrap();
+    let via = controller % 3 + 1;
+    let mut created = Vec::new();
+    let mut gap = Duration::ZERO;
+    let mut last_ok = Instant::now();
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while created.len() < 30 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} topics created",
+            created.len()
+        );
+        if created.len() == 10 && !killed {
+            cluster.kill9(controller);
+            killed = true;
+        }
+        let name = format!("loop-{i}");
+        i += 1;
+        let code = cluster.client(via).create_topic(&name, 1);
+        if code == 0 {
+            gap = gap.max(last_ok.elapsed());
+            last_ok = Instant::now();
+            created.push(name);
+        } else {
+            // NOT_CONTROLLER or a timeout while the quorum elects a new leader.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let new_controller = cluster.controller(via, Duration::from_secs(10)).unwrap();
+    assert_ne!(new_controller, controller, "a new controller took over");
+    eprintln!("controller {controller} killed; {new_controller} took over; longest gap between creations {gap:?}");
+    // The killed node catches up after its restart.
+    cluster.restart(controller);
+    for node in 1..=3 {
+        wait_until("every topic everywhere", Duration::from_secs(20), || {
+            let names = topic_names(&mut cluster.client(node));
+            created.iter().all(|c| names.contains(c))
+        });
+    }
+    // All three killed at once and restarted: still every topic.
+    for node in 1..=3 {
+        cluster.kill9(node);
+    }
+    for node in 1..=3 {
+        cluster.launch(node);
+    }
+    for node in 1..=3 {
+        wait_until(
+            "restart after a kill of all",
+            Duration::from_secs(60),
+            || {
+                std::net::TcpStream::connect(cluster.node(node).client).is_ok()
+                    && cluster.controller(node, Duration::from_millis(1)).is_some()
+            },
+        );
+        let names = topic_names(&mut cluster.client(node));
+        for c in &created {
+            assert!(names.contains(c), "{c} lost on node {node}");
+        }
+    }
+}
+
+#[test]
+fn with_two_of_three_voters_down_changes_fail_and_data_goes_on() {
+    let mut props = FAST.to_vec();
+    props.push("sluice.metadata.commit.timeout.ms=3000");
+    let mut cluster = Cluster::start(3, &props);
+    assert_eq!(cluster.client(1).create_topic("kept", 3), 0);
+    let ls = leaders(&cluster, 1, "kept");
+    let p1 = ls
+        .iter()
+        .position(|l| *l == 1)
+        .expect("a partition on node 1") as i32;
+    cluster.kill9(2);
+    cluster.kill9(3);
+    let started = Instant::now();
+    let code = cluster.client(1).create_topic("refused", 1);
+    let took = started.elapsed();
+    assert!(
+        [7, 41].contains(&code),
+        "CreateTopics without a quorum: {code} (REQUEST_TIMED_OUT or NOT_CONTROLLER)"
+    );
+    assert!(took < Duration::from_secs(15), "answered after {took:?}");
+    // Produce and fetch to the partition node 1 leads go on.
+    let mut c = cluster.client(1);
+    let r = c.produce(
+        "kept",
+        &[(p1, batch(&[b"on".to_vec()], 1, Compression::None))],
+        -1,
+    );
+    assert_eq!(r[0].1, 0);
+    assert_eq!(c.fetch_all("kept", p1).len(), 1);
+    assert!(cluster.is_running(1));
+}
+
+#[test]
+fn a_stopped_broker_is_fenced_and_unfenced_when_it_resumes() {
+    let cluster = Cluster::start(3, &FAST);
+    assert_eq!(cluster.client(1).create_topic("f", 6), 0);
+    let before = leaders(&cluster, 1, "f");
+    assert!(before.contains(&3), "{before:?}");
+    cluster.signal(3, libc::SIGSTOP);
+    // Node 3's partitions go offline and node 3 leaves the broker list.
+    wait_until("node 3 fenced", Duration::from_secs(20), || {
+        let md = metadata(&mut cluster.client(1), Some("f"));
+        let ls = leaders(&cluster, 1, "f");
+        !md.brokers.iter().any(|b| b.node_id.0 == 3)
+            && before
+                .iter()
+                .zip(&ls)
+                .all(|(b, l)| if *b == 3 { *l == -1 } else { l == b })
+    });
+    let d = cluster.describe(1);
+    let b3 = d["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["node_id"] == 3)
+        .cloned()
+        .unwrap();
+    assert_eq!(b3["state"], "fenced", "{d}");
+    cluster.signal(3, libc::SIGCONT);
+    wait_until("node 3 unfenced", Duration::from_secs(20), || {
+        leaders(&cluster, 1, "f") == before
+    });
+}
+
+#[test]
+fn bad_inter_node_input_is_refused_and_logged() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start(3, &[]);
+    let target = cluster.node(1).controller;
+    // Garbage, a frame that announces 4 GiB, and a truncated frame.
+    for bytes in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0xff, 0xff, 0xff, 0xff, 0, 0][..],
+        &[0, 0, 0, 40, 0, 0, 0, 1, 0, 0][..],
+    ] {
+        let mut s = std::net::TcpStream::connect(target).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    }
+    wait_until("the refusals logged", Duration::from_secs(10), || {
+        cluster
+            .log(1)
+            .matches("inter-node connection closed")
+            .count()
+            >= 3
+    });
+    // The quorum still works.
+    assert_eq!(cluster.client(1).create_topic("after-garbage", 1), 0);
+    // A Hello from another cluster is refused with a reason.
+    let hello = replication::wire::encode(
+        0,
+        &replication::wire::PeerMessage::Hello {
+            cluster_id: "someone-else".into(),
+            node_id: 9,
+            voters: vec![],
+        },
+    );
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&hello).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    match replication::wire::decode(&body).unwrap().1 {
+        replication::wire::PeerMessage::HelloRefused { reason } => {
+            assert!(reason.contains("cluster"), "{reason}")
+        }
+        other => panic!("expected HelloRefused, got {other:?}"),
+    }
+    wait_until("the refused Hello logged", Duration::from_secs(10), || {
+        cluster.log(1).contains("refused node 9")
+    });
+}
+
+#[test]
+fn a_broker_killed_and_restarted_at_once_rejoins_with_its_data() {
+    let mut cluster = Cluster::start(3, &FAST);
+    let controller = cluster.controller(1, Duration::from_secs(10)).unwrap();
+    let victim = controller % 3 + 1;
+    assert_eq!(cluster.client(controller).create_topic("back", 3), 0);
+    let ls = leaders(&cluster, controller, "back");
+    let p = ls.iter().position(|l| *l == victim).unwrap() as i32;
+    wait_until("the topic on the victim", Duration::from_secs(10), || {
+        metadata(&mut cluster.client(victim), Some("back")).topics[0].error_code == 0
+    });
+    let r = cluster.client(victim).produce(
+        "back",
+        &[(p, batch(&[b"kept".to_vec()], 1, Compression::None))],
+        -1,
+    );
+    assert_eq!(r[0].1, 0);
+    // Restarted within its session: its old registration holds the id until the session
+    // expires, then the new process registers and leads its partition again.
+    cluster.kill9(victim);
+    cluster.restart(victim);
+    assert!(
+        cluster
+            .log(victim)
+            .contains("node id held by another registration"),
+        "the restart came within the old session: it must have waited for it: {}",
+        cluster.log(victim)
+    );
+    wait_until("the partition led again", Duration::from_secs(20), || {
+        leaders(&cluster, controller, "back")[p as usize] == victim
+    });
+    let recs = cluster.client(victim).fetch_all("back", p);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].value.as_deref(), Some(&b"kept"[..]));
+}
+
+#[test]
+fn a_broker_stopped_with_sigterm_is_fenced_at_once_and_restarts_without_waiting() {
+    // Default heartbeats and sessions (9 s): only a controlled shutdown explains a prompt
+    // fence and an immediate re-registration.
+    let mut cluster = Cluster::start(3, &[]);
+    let controller = cluster.controller(1, Duration::from_secs(10)).unwrap();
+    let victim = controller % 3 + 1;
+    assert_eq!(cluster.client(controller).create_topic("graceful", 3), 0);
+    cluster.signal(victim, libc::SIGTERM);
+    let started = Instant::now();
+    wait_until("the stopped broker fenced", Duration::from_secs(5), || {
+        let md = metadata(&mut cluster.client(controller), Some("graceful"));
+        !md.brokers.iter().any(|b| b.node_id.0 == victim)
+    });
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_until("the process exited", Duration::from_secs(30), || {
+        !cluster.is_running(victim)
+    });
+    assert!(cluster.log(victim).contains("controlled shutdown: fenced"));
+    cluster.restart(victim);
+    assert!(
+        !cluster
+            .log(victim)
+            .contains("node id held by another registration"),
+        "a restart after a controlled shutdown must not wait for the old session"
+    );
+    wait_until("leaders back", Duration::from_secs(10), || {
+        leaders(&cluster, controller, "graceful").contains(&victim)
+    });
+}

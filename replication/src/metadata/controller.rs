@@ -1,0 +1,705 @@
+//! The active controller's decisions, sans I/O: what records to propose for a request, a
+//! heartbeat or the passing of time, given the committed image.
+//!
+//! The active controller (the quorum leader) is the only writer of the metadata log. For
+//! each mutation it asks this module for the records, proposes them, and handles the next
+//! mutation only once they are committed and applied (its image is then current), so two
+//! decisions never race on a stale image. Time is an argument (`now_ms`); nothing here reads
+//! a clock, so the same logic runs in the broker and in the simulation.
+//!
+//! Placement of a new partition: its replicas go to the unfenced brokers holding the fewest
+//! replicas so far (lowest id on ties), one rack at a time when brokers have racks, and the
+//! partition gets one shard index that every chosen broker runs (the least loaded such index
+//! across them), so that each shard's replica fetcher only talks to the same index on its
+//! peers and replication never crosses cores.
+//!
+//! Leadership: a fenced broker leads nothing. When a broker is fenced, each partition it led
+//! gets the first other unfenced ISR member as leader, or none (offline) if there is none;
+//! it leaves the ISR of partitions that keep other members. When a broker is unfenced, the
+//! offline partitions whose ISR holds it get it back as leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::image::ClusterImage;
+use super::records::{
+    ConfigResource, Endpoint, MetadataRecord, TopicId, EPOCH_FROM_OFFSET, LEADER_UNCHANGED,
+};
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// `broker.session.timeout.ms`: a broker not heard from for this long is fenced.
+    pub session_timeout_ms: u64,
+    /// Replication factors above 1 are refused until partition replication exists.
+    pub max_replication_factor: usize,
+}
+
+/// A broker's registration request.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub broker_id: i32,
+    pub incarnation: [u8; 16],
+    pub endpoints: Vec<Endpoint>,
+    pub rack: Option<String>,
+    pub shards: u32,
+}
+
+/// A new topic as the controller is asked for it (defaults already applied).
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub topic_id: TopicId,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControllerError {
+    #[error("broker {broker_id} is already registered by another running process")]
+    DuplicateBrokerId { broker_id: i32 },
+    #[error("broker {0} is not registered")]
+    UnknownBroker(i32),
+    #[error("broker {broker_id} epoch {epoch} is stale: it re-registered since")]
+    StaleBrokerEpoch { broker_id: i32, epoch: i64 },
+    #[error("unknown topic id {0}")]
+    UnknownTopic(TopicId),
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("number of partitions {0} is invalid")]
+    InvalidPartitions(i32),
+    #[error(
+        "replication factor {requested} is not supported yet (at most {max}): partition \
+         replication comes with the next release"
+    )]
+    ReplicationNotSupported { requested: i16, max: usize },
+    #[error("replication factor {requested} is larger than the {available} available brokers")]
+    InvalidReplicationFactor { requested: i16, available: usize },
+    #[error("no broker runs shard index {0}")]
+    NoCommonShard(usize),
+}
+
+/// What a heartbeat answers a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// Whether the broker is fenced once the records proposed with this reply commit.
+    pub fenced: bool,
+}
+
+/// The active controller's in-memory state beside the image: when each broker was last
+/// heard from. A new active controller starts with every registered broker heard from
+/// "now", as Kafka's does, so a failover does not fence everyone at once.
+#[derive(Debug, Default)]
+pub struct Controller {
+    last_heartbeat: BTreeMap<i32, u64>,
+    /// When each broker last contacted this controller itself (not the "now" it was given
+    /// at activation): only such a live session holds a broker id against another
+    /// incarnation (as Kafka: a restarted node re-registers at once after a failover).
+    contacted: BTreeMap<i32, u64>,
+}
+
+impl Controller {
+    /// A controller that just became active at `now_ms`.
+    pub fn activate(image: &ClusterImage, now_ms: u64) -> Controller {
+        Controller {
+            last_heartbeat: image.brokers.keys().map(|id| (*id, now_ms)).collect(),
+            contacted: BTreeMap::new(),
+        }
+    }
+
+    /// A broker (re)registers. A running broker with the same id but another incarnation
+    /// holds the id until its session expires.
+    pub fn register(
+        &mut self,
+        config: &ControllerConfig,
+        image: &ClusterImage,
+        reg: Registration,
+        now_ms: u64,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        if let Some(b) = image.brokers.get(&reg.broker_id) {
+            let alive = self
+                .contacted
+                .get(&reg.broker_id)
+                .is_some_and(|t| now_ms < t + config.session_timeout_ms);
+            if b.incarnation != reg.incarnation && !b.fenced && alive {
+                return Err(ControllerError::DuplicateBrokerId {
+                    broker_id: reg.broker_id,
+                });
+            }
+        }
+        self.last_heartbeat.insert(reg.broker_id, now_ms);
+        self.contacted.insert(reg.broker_id, now_ms);
+        let mut records = Vec::new();
+        // A re-registration fences the old incarnation's leaderships first.
+        if image.brokers.contains_key(&reg.broker_id) {
+            records.extend(self.leaderships_moved_from(image, reg.broker_id));
+        }
+        records.push(MetadataRecord::RegisterBroker {
+            broker_id: reg.broker_id,
+            incarnation: reg.incarnation,
+            broker_epoch: EPOCH_FROM_OFFSET,
+            endpoints: reg.endpoints,
+            rack: reg.rack,
+            shards: reg.shards,
+            fenced: true,
+        });
+        Ok(records)
+    }
+
+    /// A broker's heartbeat: `caught_up` says it has applied the log up to the controller's
+    /// committed offset, so it may be unfenced.
+    pub fn heartbeat(
+        &mut self,
+        image: &ClusterImage,
+        broker_id: i32,
+        broker_epoch: i64,
+        caught_up: bool,
+        now_ms: u64,
+    ) -> Result<(Vec<MetadataRecord>, HeartbeatReply), ControllerError> {
+        let b = registered(image, broker_id, broker_epoch)?;
+        self.last_heartbeat.insert(broker_id, now_ms);
+        self.contacted.insert(broker_id, now_ms);
+        if b.fenced && caught_up {
+            let mut records = vec![MetadataRecord::UnfenceBroker {
+                broker_id,
+                broker_epoch,
+            }];
+            records.extend(self.leaderships_restored_to(image, broker_id));
+            return Ok((records, HeartbeatReply { fenced: false }));
+        }
+        Ok((Vec::new(), HeartbeatReply { fenced: b.fenced }))
+    }
+
+    /// Fences every unfenced broker whose session expired by `now_ms`, moving its
+    /// leaderships away.
+    pub fn expire_sessions(
+        &mut self,
+        config: &ControllerConfig,
+        image: &ClusterImage,
+        now_ms: u64,
+    ) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for (id, b) in &image.brokers {
+            let last = *self.last_heartbeat.entry(*id).or_insert(now_ms);
+            if !b.fenced && now_ms >= last + config.session_timeout_ms {
+                records.push(MetadataRecord::FenceBroker {
+                    broker_id: *id,
+                    broker_epoch: b.epoch,
+                });
+                records.extend(self.leaderships_moved_from(image, *id));
+            }
+        }
+        records
+    }
+
+    /// A broker shutting down in an orderly way (SIGTERM): fenced at once, leaderships moved.
+    pub fn controlled_shutdown(
+        &mut self,
+        image: &ClusterImage,
+        broker_id: i32,
+        broker_epoch: i64,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let b = registered(image, broker_id, broker_epoch)?;
+        let mut records = Vec::new();
+        if !b.fenced {
+            records.push(MetadataRecord::FenceBroker {
+                broker_id,
+                broker_epoch,
+            });
+        }
+        records.extend(self.leaderships_moved_from(image, broker_id));
+        Ok(records)
+    }
+
+    fn leaderships_moved_from(&self, image: &ClusterImage, gone: i32) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        let usable = |b: i32| b != gone && image.brokers.get(&b).is_some_and(|x| !x.fenced);
+        for (id, t) in &image.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let in_isr = p.isr.contains(&gone);
+                if p.leader != gone && !in_isr {
+                    continue;
+                }
+                let rest: Vec<i32> = p.isr.iter().copied().filter(|b| *b != gone).collect();
+                // The last ISR member stays in the ISR (it has everything), leaderless.
+                let isr = if rest.is_empty() { p.isr.clone() } else { rest };
+                let leader = if p.leader == gone {
+                    isr.iter().copied().find(|b| usable(*b)).unwrap_or(-1)
+                } else {
+                    LEADER_UNCHANGED
+                };
+                if leader == LEADER_UNCHANGED && isr == p.isr {
+                    continue;
+                }
+                records.push(MetadataRecord::PartitionChange {
+                    topic_id: *id,
+                    partition: i as i32,
+                    leader,
+                    isr: (isr != p.isr).then_some(isr),
+                    replicas: None,
+                });
+            }
+        }
+        records
+    }
+
+    fn leaderships_restored_to(&self, image: &ClusterImage, back: i32) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for (id, t) in &image.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if p.leader == -1 && p.isr.contains(&back) {
+                    records.push(MetadataRecord::PartitionChange {
+                        topic_id: *id,
+                        partition: i as i32,
+                        leader: back,
+                        isr: None,
+                        replicas: None,
+                    });
+                }
+            }
+        }
+        records
+    }
+
+    /// The records that create `topic`, its partitions placed (see the module doc).
+    pub fn create_topic(
+        &self,
+        config: &ControllerConfig,
+        image: &ClusterImage,
+        topic: &NewTopic,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        if image.topic_ids.contains_key(&topic.name) {
+            return Err(ControllerError::TopicExists(topic.name.clone()));
+        }
+        if topic.partitions < 1 {
+            return Err(ControllerError::InvalidPartitions(topic.partitions));
+        }
+        let mut records = vec![MetadataRecord::Topic {
+            name: topic.name.clone(),
+            topic_id: topic.topic_id,
+        }];
+        let mut placer = Placer::new(image);
+        for p in 0..topic.partitions {
+            let (replicas, shard_index) = placer.place(config, topic.replication_factor)?;
+            records.push(MetadataRecord::Partition {
+                topic_id: topic.topic_id,
+                partition: p,
+                isr: replicas.clone(),
+                leader: replicas[0],
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                shard_index,
+            });
+        }
+        for (name, value) in &topic.configs {
+            records.push(MetadataRecord::Config {
+                resource: ConfigResource::Topic,
+                resource_name: topic.name.clone(),
+                name: name.clone(),
+                value: Some(value.clone()),
+            });
+        }
+        Ok(records)
+    }
+}
+
+impl Controller {
+    /// The records that raise `topic_id`'s partition count to `count`, the new partitions
+    /// placed like a new topic's (with the replication factor of its first partition).
+    pub fn add_partitions(
+        &self,
+        config: &ControllerConfig,
+        image: &ClusterImage,
+        topic_id: TopicId,
+        count: i32,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let topic = image
+            .topics
+            .get(&topic_id)
+            .ok_or(ControllerError::UnknownTopic(topic_id))?;
+        let current = topic.partitions.len() as i32;
+        if count <= current {
+            return Err(ControllerError::InvalidPartitions(count));
+        }
+        let factor = topic.partitions.first().map_or(1, |p| p.replicas.len()) as i16;
+        let mut placer = Placer::new(image);
+        let mut records = Vec::with_capacity((count - current) as usize);
+        for p in current..count {
+            let (replicas, shard_index) = placer.place(config, factor)?;
+            records.push(MetadataRecord::Partition {
+                topic_id,
+                partition: p,
+                isr: replicas.clone(),
+                leader: replicas[0],
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                shard_index,
+            });
+        }
+        Ok(records)
+    }
+}
+
+/// The broker's registration, if `broker_epoch` is its current one.
+fn registered(
+    image: &ClusterImage,
+    broker_id: i32,
+    broker_epoch: i64,
+) -> Result<&super::image::BrokerInfo, ControllerError> {
+    let b = image
+        .brokers
+        .get(&broker_id)
+        .ok_or(ControllerError::UnknownBroker(broker_id))?;
+    if b.epoch != broker_epoch {
+        return Err(ControllerError::StaleBrokerEpoch {
+            broker_id,
+            epoch: broker_epoch,
+        });
+    }
+    Ok(b)
+}
+
+/// Replica and shard-index counts, updated as partitions are placed.
+struct Placer<'a> {
+    image: &'a ClusterImage,
+    replicas: BTreeMap<i32, usize>,
+    /// Replicas per (broker, shard index).
+    shard_load: BTreeMap<(i32, u32), usize>,
+}
+
+impl<'a> Placer<'a> {
+    fn new(image: &'a ClusterImage) -> Placer<'a> {
+        let mut replicas: BTreeMap<i32, usize> = image
+            .brokers
+            .iter()
+            .filter(|(_, b)| !b.fenced)
+            .map(|(id, _)| (*id, 0))
+            .collect();
+        let mut shard_load = BTreeMap::new();
+        for t in image.topics.values() {
+            for p in &t.partitions {
+                for r in &p.replicas {
+                    if let Some(n) = replicas.get_mut(r) {
+                        *n += 1;
+                    }
+                    *shard_load.entry((*r, p.shard_index)).or_insert(0) += 1;
+                }
+            }
+        }
+        Placer {
+            image,
+            replicas,
+            shard_load,
+        }
+    }
+
+    fn place(
+        &mut self,
+        config: &ControllerConfig,
+        factor: i16,
+    ) -> Result<(Vec<i32>, u32), ControllerError> {
+        let rf = usize::try_from(factor).unwrap_or(0);
+        if rf == 0 || rf > self.replicas.len() {
+            return Err(ControllerError::InvalidReplicationFactor {
+                requested: factor,
+                available: self.replicas.len(),
+            });
+        }
+        if rf > config.max_replication_factor {
+            return Err(ControllerError::ReplicationNotSupported {
+                requested: factor,
+                max: config.max_replication_factor,
+            });
+        }
+        // Least loaded first; with racks, no second replica in a rack until every rack
+        // with a usable broker has one.
+        let mut order: Vec<(usize, i32)> = self.replicas.iter().map(|(b, n)| (*n, *b)).collect();
+        order.sort_unstable();
+        let rack = |b: i32| self.image.brokers.get(&b).and_then(|x| x.rack.clone());
+        let mut chosen: Vec<i32> = Vec::with_capacity(rf);
+        let mut racks_used: BTreeSet<Option<String>> = BTreeSet::new();
+        let all_racks: BTreeSet<Option<String>> = order.iter().map(|(_, b)| rack(*b)).collect();
+        while chosen.len() < rf {
+            let fresh = order
+                .iter()
+                .map(|(_, b)| *b)
+                .find(|b| !chosen.contains(b) && !racks_used.contains(&rack(*b)));
+            let pick =
+                fresh.or_else(|| order.iter().map(|(_, b)| *b).find(|b| !chosen.contains(b)));
+            let pick = pick.expect("rf <= usable brokers");
+            racks_used.insert(rack(pick));
+            if racks_used.len() == all_racks.len() {
+                racks_used.clear();
+            }
+            chosen.push(pick);
+        }
+        let shards = chosen
+            .iter()
+            .map(|b| {
+                self.image
+                    .brokers
+                    .get(b)
+                    .map(|x| x.shards)
+                    .unwrap_or(1)
+                    .max(1)
+            })
+            .min()
+            .unwrap_or(1);
+        let shard_index = (0..shards)
+            .min_by_key(|s| {
+                let load: usize = chosen
+                    .iter()
+                    .map(|b| self.shard_load.get(&(*b, *s)).copied().unwrap_or(0))
+                    .sum();
+                (load, *s)
+            })
+            .ok_or(ControllerError::NoCommonShard(0))?;
+        for b in &chosen {
+            *self.replicas.get_mut(b).expect("usable broker") += 1;
+            *self.shard_load.entry((*b, shard_index)).or_insert(0) += 1;
+        }
+        Ok((chosen, shard_index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: ControllerConfig = ControllerConfig {
+        session_timeout_ms: 9000,
+        max_replication_factor: 3,
+    };
+
+    fn reg(id: i32, rack: Option<&str>, shards: u32) -> Registration {
+        Registration {
+            broker_id: id,
+            incarnation: [id as u8; 16],
+            endpoints: vec![],
+            rack: rack.map(str::to_owned),
+            shards,
+        }
+    }
+
+    /// Applies records at consecutive offsets after the image's.
+    fn commit(image: &mut ClusterImage, records: Vec<MetadataRecord>) {
+        for r in records {
+            let at = image.offset + 1;
+            image.apply(at, &r).unwrap();
+        }
+    }
+
+    /// Three registered, unfenced brokers.
+    fn cluster(racks: [Option<&str>; 3], shards: [u32; 3]) -> (ClusterImage, Controller) {
+        let mut image = ClusterImage::default();
+        let mut c = Controller::default();
+        for i in 0..3 {
+            let r = c
+                .register(&CONFIG, &image, reg(i as i32 + 1, racks[i], shards[i]), 0)
+                .unwrap();
+            commit(&mut image, r);
+            let epoch = image.brokers[&(i as i32 + 1)].epoch;
+            let (r, reply) = c.heartbeat(&image, i as i32 + 1, epoch, true, 0).unwrap();
+            assert!(!reply.fenced);
+            commit(&mut image, r);
+        }
+        (image, c)
+    }
+
+    fn new_topic(name: &str, id: u8, partitions: i32, rf: i16) -> NewTopic {
+        NewTopic {
+            name: name.into(),
+            topic_id: TopicId([id; 16]),
+            partitions,
+            replication_factor: rf,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn partitions_spread_over_brokers_with_one_shard_index_every_replica_has() {
+        let (mut image, c) = cluster([None, None, None], [2, 2, 1]);
+        let r = c
+            .create_topic(&CONFIG, &image, &new_topic("t", 1, 12, 1))
+            .unwrap();
+        commit(&mut image, r);
+        let t = image.topic("t").unwrap().1;
+        let mut per_broker = BTreeMap::new();
+        for p in &t.partitions {
+            assert_eq!(p.replicas.len(), 1);
+            assert_eq!(p.leader, p.replicas[0]);
+            *per_broker.entry(p.leader).or_insert(0) += 1;
+            let shards = image.brokers[&p.leader].shards;
+            assert!(
+                p.shard_index < shards,
+                "shard index {} on a {shards}-shard broker",
+                p.shard_index
+            );
+        }
+        assert_eq!(
+            per_broker.values().copied().collect::<Vec<_>>(),
+            vec![4, 4, 4]
+        );
+        // Broker 1's four partitions use both its shards evenly.
+        let on_1: Vec<u32> = t
+            .partitions
+            .iter()
+            .filter(|p| p.leader == 1)
+            .map(|p| p.shard_index)
+            .collect();
+        assert_eq!(on_1.iter().filter(|s| **s == 0).count(), 2, "{on_1:?}");
+
+        let r = c
+            .create_topic(&CONFIG, &image, &new_topic("u", 2, 3, 3))
+            .unwrap();
+        commit(&mut image, r);
+        for p in &image.topic("u").unwrap().1.partitions {
+            let mut replicas = p.replicas.clone();
+            replicas.sort_unstable();
+            assert_eq!(replicas, vec![1, 2, 3]);
+            assert_eq!(p.shard_index, 0, "broker 3 runs one shard");
+        }
+    }
+
+    #[test]
+    fn replicas_go_to_distinct_racks_first() {
+        let (mut image, c) = cluster([Some("a"), Some("a"), Some("b")], [1, 1, 1]);
+        let r = c
+            .create_topic(&CONFIG, &image, &new_topic("t", 1, 6, 2))
+            .unwrap();
+        commit(&mut image, r);
+        for p in &image.topic("t").unwrap().1.partitions {
+            let racks: BTreeSet<_> = p
+                .replicas
+                .iter()
+                .map(|b| image.brokers[b].rack.clone())
+                .collect();
+            assert_eq!(racks.len(), 2, "replicas {:?} share a rack", p.replicas);
+        }
+    }
+
+    #[test]
+    fn bad_topics_are_refused_with_the_reason() {
+        let (mut image, c) = cluster([None, None, None], [1, 1, 1]);
+        let one = ControllerConfig {
+            max_replication_factor: 1,
+            ..CONFIG
+        };
+        assert!(matches!(
+            c.create_topic(&one, &image, &new_topic("t", 1, 1, 2)),
+            Err(ControllerError::ReplicationNotSupported { requested: 2, .. })
+        ));
+        assert!(matches!(
+            c.create_topic(&CONFIG, &image, &new_topic("t", 1, 1, 4)),
+            Err(ControllerError::InvalidReplicationFactor {
+                requested: 4,
+                available: 3
+            })
+        ));
+        assert_eq!(
+            c.create_topic(&CONFIG, &image, &new_topic("t", 1, 0, 1)),
+            Err(ControllerError::InvalidPartitions(0))
+        );
+        let r = c
+            .create_topic(&CONFIG, &image, &new_topic("t", 1, 1, 1))
+            .unwrap();
+        commit(&mut image, r);
+        assert_eq!(
+            c.create_topic(&CONFIG, &image, &new_topic("t", 2, 1, 1)),
+            Err(ControllerError::TopicExists("t".into()))
+        );
+    }
+
+    #[test]
+    fn a_silent_broker_is_fenced_its_partitions_go_offline_and_come_back_when_it_returns() {
+        let (mut image, mut c) = cluster([None, None, None], [1, 1, 1]);
+        let r = c
+            .create_topic(&CONFIG, &image, &new_topic("t", 1, 3, 1))
+            .unwrap();
+        commit(&mut image, r);
+        let r = c
+            .create_topic(&CONFIG, &image, &new_topic("r", 2, 1, 3))
+            .unwrap();
+        commit(&mut image, r);
+        // Brokers 1 and 2 keep heartbeating; 3 goes quiet.
+        for t in [3000, 6000, 9000] {
+            for b in [1, 2] {
+                let e = image.brokers[&b].epoch;
+                let (r, _) = c.heartbeat(&image, b, e, true, t).unwrap();
+                commit(&mut image, r);
+            }
+        }
+        assert!(c.expire_sessions(&CONFIG, &image, 8999).is_empty());
+        let r = c.expire_sessions(&CONFIG, &image, 9000);
+        commit(&mut image, r);
+        assert!(image.brokers[&3].fenced);
+        let t = image.topic("t").unwrap().1;
+        let offline: Vec<_> = t.partitions.iter().filter(|p| p.leader == -1).collect();
+        assert_eq!(offline.len(), 1);
+        assert_eq!(
+            offline[0].isr,
+            vec![3],
+            "the last ISR member stays in the ISR"
+        );
+        assert_eq!(offline[0].leader_epoch, 1);
+        let rp = &image.topic("r").unwrap().1.partitions[0];
+        assert!(
+            !rp.isr.contains(&3) && rp.leader != 3 && rp.leader != -1,
+            "{rp:?}"
+        );
+        // Fencing is done once.
+        assert!(c
+            .expire_sessions(&CONFIG, &image, 20_000)
+            .iter()
+            .all(|r| !matches!(r, MetadataRecord::FenceBroker { broker_id: 3, .. })));
+        // Broker 3 restarts: a new incarnation registers, catches up and is unfenced.
+        let mut again = reg(3, None, 1);
+        again.incarnation = [99; 16];
+        let r = c.register(&CONFIG, &image, again, 21_000).unwrap();
+        commit(&mut image, r);
+        let e = image.brokers[&3].epoch;
+        let (r, reply) = c.heartbeat(&image, 3, e, false, 21_100).unwrap();
+        assert!(r.is_empty() && reply.fenced, "not caught up: stays fenced");
+        let (r, reply) = c.heartbeat(&image, 3, e, true, 21_200).unwrap();
+        assert!(!reply.fenced);
+        commit(&mut image, r);
+        let t = image.topic("t").unwrap().1;
+        assert!(t.partitions.iter().all(|p| p.leader != -1));
+        // The previous incarnation's epoch is refused.
+        assert!(matches!(
+            c.heartbeat(&image, 3, e - 1, true, 21_300),
+            Err(ControllerError::StaleBrokerEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_process_with_a_live_node_id_is_refused() {
+        let (image, mut c) = cluster([None, None, None], [1, 1, 1]);
+        let mut twin = reg(2, None, 1);
+        twin.incarnation = [42; 16];
+        assert_eq!(
+            c.register(&CONFIG, &image, twin.clone(), 1000),
+            Err(ControllerError::DuplicateBrokerId { broker_id: 2 })
+        );
+        // Once the first one's session is over, the id is free.
+        assert!(c.register(&CONFIG, &image, twin, 10_000).is_ok());
+    }
+
+    #[test]
+    fn a_restarted_node_re_registers_with_a_controller_it_never_spoke_to() {
+        // A one-node cluster restarts: its new active controller knows the old
+        // registration only from the log, so the new incarnation is not a duplicate.
+        let (image, _) = cluster([None, None, None], [1, 1, 1]);
+        let mut fresh = Controller::activate(&image, 1000);
+        let mut again = reg(2, None, 1);
+        again.incarnation = [42; 16];
+        assert!(fresh.register(&CONFIG, &image, again.clone(), 1000).is_ok());
+        // Now that it spoke, another incarnation is refused while the session lives.
+        again.incarnation = [43; 16];
+        assert_eq!(
+            fresh.register(&CONFIG, &image, again, 2000),
+            Err(ControllerError::DuplicateBrokerId { broker_id: 2 })
+        );
+    }
+}

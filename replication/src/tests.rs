@@ -1,0 +1,171 @@
+use std::time::Duration;
+
+use glommio::LocalExecutorBuilder;
+
+use super::*;
+
+/// A valid v2 batch (CRC32C over attributes onwards) of `count` opaque records at base 0.
+fn batch(count: i32) -> Bytes {
+    let body = [7u8; 20];
+    let mut b = Vec::new();
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((49 + body.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.push(2);
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(count - 1).to_be_bytes());
+    b.extend_from_slice(&1i64.to_be_bytes());
+    b.extend_from_slice(&1i64.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&count.to_be_bytes());
+    b.extend_from_slice(&body);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(b)
+}
+
+fn run<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(move || async move { f().await })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+async fn open(dir: &Path) -> (Rc<Partition>, Rc<GroupCommit>) {
+    let commit = GroupCommit::new();
+    glommio::spawn_local(commit.clone().run()).detach();
+    let config = LogConfig {
+        preallocate_bytes: 64 << 10,
+        write_buffer_bytes: 8 << 10,
+        ..LogConfig::default()
+    };
+    let p = Partition::open(
+        "t",
+        0,
+        dir,
+        config,
+        commit.clone(),
+        BrokerId(1),
+        LeaderEpoch(3),
+    )
+    .await
+    .unwrap();
+    (Rc::new(p), commit)
+}
+
+#[test]
+fn records_become_visible_at_the_high_watermark_and_wake_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let (p, commit) = open(&path).await;
+        assert_eq!(p.high_watermark(), Offset(0));
+        let listener = p.listen_visible();
+        let info = p
+            .append(
+                Append::Client {
+                    records: batch(3),
+                    max_batch_bytes: 1 << 20,
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        assert_eq!((info.base_offset, info.end_offset), (Offset(0), Offset(3)));
+        // The listener registered before the append fires once it is durable.
+        let woke = futures_lite::future::or(
+            async {
+                listener.await;
+                true
+            },
+            async {
+                glommio::timer::sleep(Duration::from_secs(10)).await;
+                false
+            },
+        )
+        .await;
+        assert!(
+            woke,
+            "listen_visible did not fire when the append became durable"
+        );
+        p.wait_committed(info.end_offset).await.unwrap();
+        assert_eq!(p.high_watermark(), Offset(3));
+        let r = p
+            .read(Offset(0), 1 << 20, true, Isolation::HighWatermark)
+            .await
+            .unwrap();
+        let views: Vec<_> = BatchIter::new(&r.records, true).collect();
+        assert_eq!(views.len(), 1);
+        // Leader appends get the partition's epoch stamped.
+        assert_eq!(views[0].partition_leader_epoch(), 3);
+        assert_eq!(r.high_watermark, Offset(3));
+        assert_eq!(r.last_stable_offset, Offset(3));
+        // DeleteRecords never passes the high watermark.
+        assert!(p.delete_records(4).await.is_err());
+        assert_eq!(p.delete_records(-1).await.unwrap(), Offset(3));
+        p.close().await.unwrap();
+        commit.stop();
+    });
+}
+
+#[test]
+fn reads_stop_before_the_first_batch_at_or_past_the_bound() {
+    let mut two = Vec::new();
+    let mut first = batch(2).to_vec();
+    first[..8].copy_from_slice(&0i64.to_be_bytes());
+    let mut second = batch(2).to_vec();
+    second[..8].copy_from_slice(&2i64.to_be_bytes());
+    two.extend_from_slice(&first);
+    two.extend_from_slice(&second);
+    let two = Bytes::from(two);
+    assert_eq!(below(two.clone(), Offset(4)).len(), two.len());
+    assert_eq!(below(two.clone(), Offset(3)).len(), first.len());
+    assert_eq!(below(two.clone(), Offset(2)).len(), first.len());
+    assert_eq!(below(two.clone(), Offset(1)).len(), 0);
+    assert_eq!(below(two, Offset(0)).len(), 0);
+}
+
+#[test]
+fn a_follower_append_keeps_the_leaders_offsets_and_epochs_and_truncates_its_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let (p, commit) = open(&path).await;
+        // The leader's batch: base offset 0, epoch 7 (the follower's own epoch is 3).
+        let mut b = batch(2).to_vec();
+        b[12..16].copy_from_slice(&7i32.to_be_bytes());
+        let leader_bytes = Bytes::from(b);
+        let info = p
+            .append(
+                Append::Replication {
+                    records: leader_bytes.clone(),
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        p.wait_committed(info.end_offset).await.unwrap();
+        let r = p
+            .read(Offset(0), 1 << 20, true, Isolation::HighWatermark)
+            .await
+            .unwrap();
+        assert_eq!(r.records, leader_bytes, "stored byte for byte");
+        assert_eq!(
+            p.end_offset_for_epoch(LeaderEpoch(7)),
+            Some((LeaderEpoch(7), Offset(2)))
+        );
+        assert_eq!(p.truncate_to(Offset(0)).await.unwrap(), Offset(0));
+        assert_eq!(p.log_end_offset(), Offset(0));
+        p.close().await.unwrap();
+        commit.stop();
+    });
+}
