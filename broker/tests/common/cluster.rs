@@ -80,7 +80,32 @@ impl Cluster {
         for i in 1..=n as i32 {
             c.wait_ready(i, before[i as usize - 1]);
         }
+        // Ready means serving, not yet registered everywhere: a topic created before the
+        // controller has seen every broker unfenced would be placed on fewer of them.
+        for i in 1..=n as i32 {
+            c.wait_unfenced(i, n, Duration::from_secs(90));
+        }
         c
+    }
+
+    /// Waits until node `id` sees `n` brokers, all unfenced.
+    pub fn wait_unfenced(&self, id: i32, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let d = self.describe(id);
+            let unfenced = d["brokers"]
+                .as_array()
+                .map_or(0, |b| b.iter().filter(|b| b["state"] == "unfenced").count());
+            if unfenced == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} sees {unfenced} of {n} brokers unfenced: {d}\n{}",
+                self.log(id)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn node(&self, id: i32) -> &Node {
