@@ -510,6 +510,34 @@ impl BrokerConfig {
         self.validate()
     }
 
+    /// Where this node listens for inter-node traffic: the CONTROLLER entry of `listeners`,
+    /// else its own `controller.quorum.voters` address; `None` for a quorum of this node alone
+    /// (it has no peers to listen for).
+    pub fn controller_listen_addr(&self) -> Result<Option<SocketAddr>> {
+        if self.quorum_voters.len() <= 1 {
+            return Ok(None);
+        }
+        if let Some(a) = self.controller_listen {
+            return Ok(Some(a));
+        }
+        let Some(me) = self
+            .quorum_voters
+            .iter()
+            .find(|v| v.node_id == self.node_id)
+        else {
+            return Ok(None);
+        };
+        use std::net::ToSocketAddrs;
+        let addr = (me.host.as_str(), me.port)
+            .to_socket_addrs()
+            .with_context(|| format!("voter address {}:{}", me.host, me.port))?
+            .next()
+            .with_context(|| {
+                format!("voter address {}:{} resolves to nothing", me.host, me.port)
+            })?;
+        Ok(Some(addr))
+    }
+
     fn validate(&self) -> Result<()> {
         if self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms {
             bail!("broker.session.timeout.ms must be larger than broker.heartbeat.interval.ms");

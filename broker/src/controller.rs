@@ -332,7 +332,7 @@ impl Controller {
             .brokers
             .iter()
             .map(|(id, b)| {
-                let e = b.endpoints.first();
+                let e = b.client_endpoint();
                 serde_json::json!({
                     "node_id": id,
                     "host": e.map(|e| e.host.clone()),
@@ -457,28 +457,18 @@ impl Controller {
     /// outbox per peer.
     fn start_peers(self: &Rc<Self>, log: &Rc<MetadataLog>) -> Result<()> {
         let c = &self.config;
-        let me = c
-            .quorum_voters
-            .iter()
-            .find(|v| v.node_id == c.node_id)
-            .context("this node is not among controller.quorum.voters")?;
         let identity = Rc::new(Identity {
             cluster_id: c.cluster_id.clone(),
             node_id: c.node_id,
             voters: c.quorum_voters.clone(),
             frame_max: c.controller_frame_max_bytes,
             timeout: Duration::from_millis(c.quorum_request_timeout_ms),
+            incarnation: self.incarnation,
+            liveness: Duration::from_millis(c.broker_session_timeout_ms),
         });
-        let listen = match c.controller_listen {
-            Some(a) => a,
-            None => {
-                use std::net::ToSocketAddrs;
-                (me.host.as_str(), me.port)
-                    .to_socket_addrs()?
-                    .next()
-                    .with_context(|| format!("voter address {}:{}", me.host, me.port))?
-            }
-        };
+        let listen = c
+            .controller_listen_addr()?
+            .context("a quorum of several voters needs a controller listener")?;
         crate::peers::start_listener(listen, identity.clone(), Rc::downgrade(self))?;
         let weak = Rc::downgrade(log);
         let unreachable: Rc<dyn Fn(i32)> = Rc::new(move |peer| {

@@ -128,11 +128,7 @@ impl MetadataImage {
                 .brokers
                 .iter()
                 .map(|(id, b)| {
-                    let e = b
-                        .endpoints
-                        .iter()
-                        .find(|e| e.name == "PLAINTEXT")
-                        .or(b.endpoints.first());
+                    let e = b.client_endpoint();
                     let meta = BrokerMeta {
                         host: e.map(|e| e.host.clone()).unwrap_or_default(),
                         port: e.map_or(0, |e| e.port),

@@ -10,6 +10,14 @@
 //!
 //! Every connection opens with a `Hello` each way; a peer of another cluster, or whose
 //! `controller.quorum.voters` differ, gets a `HelloRefused` and is closed (with a log line).
+//! So does a second process with a node id that is already connected under another
+//! incarnation (a copied configuration, a forgotten process elsewhere): the first one keeps
+//! the id while its connection lives and it spoke within `broker.session.timeout.ms`; a
+//! node killed and restarted is admitted at once (its old connection closed with it). On
+//! one machine the copy does not even start: start-up refuses a controller listener address
+//! another process serves. Raft frames must come from the node that said Hello and be meant
+//! for this one. Known gap: a follower that holds no connection from node N admits a twin
+//! of N; the leader refuses it and pre-vote keeps its empty log from winning an election.
 //! Inbound frames are length-checked against `sluice.controller.frame.max.bytes` before
 //! anything is allocated; a malformed frame closes its connection and is logged.
 
@@ -41,6 +49,11 @@ pub struct Identity {
     pub frame_max: usize,
     /// `controller.quorum.request.timeout.ms`.
     pub timeout: Duration,
+    /// This process's incarnation id (random per start).
+    pub incarnation: [u8; 16],
+    /// How long a peer's incarnation counts as live after its last frame
+    /// (`broker.session.timeout.ms`).
+    pub liveness: Duration,
 }
 
 impl Identity {
@@ -49,6 +62,7 @@ impl Identity {
             cluster_id: self.cluster_id.clone(),
             node_id: self.node_id,
             voters: self.voters.clone(),
+            incarnation: self.incarnation,
         }
     }
 
@@ -78,8 +92,9 @@ async fn read_frame(s: &mut TcpStream, max: usize) -> Result<Option<(u32, PeerMe
     Ok(Some(wire::decode(&body)?))
 }
 
-/// Opens a connection to `addr` and exchanges Hellos.
-async fn connect(me: &Identity, addr: &str) -> Result<TcpStream> {
+/// Opens a connection to `addr` and exchanges Hellos; `expect` is the node id that must
+/// answer there (a voter's address answered by another node is refused).
+async fn connect(me: &Identity, addr: &str, expect: Option<i32>) -> Result<TcpStream> {
     let sock: SocketAddr = {
         use std::net::ToSocketAddrs;
         addr.to_socket_addrs()
@@ -104,6 +119,7 @@ async fn connect(me: &Identity, addr: &str) -> Result<TcpStream> {
                 cluster_id,
                 node_id,
                 voters,
+                ..
             },
         )) => {
             wire::check_hello(
@@ -112,6 +128,9 @@ async fn connect(me: &Identity, addr: &str) -> Result<TcpStream> {
                 node_id,
             )
             .map_err(anyhow::Error::msg)?;
+            if let Some(want) = expect.filter(|w| *w != node_id) {
+                bail!("{addr} should be node {want} but node {node_id} answered");
+            }
             Ok(s)
         }
         Some((_, PeerMessage::HelloRefused { reason })) => bail!("{addr} refused us: {reason}"),
@@ -123,7 +142,7 @@ async fn connect(me: &Identity, addr: &str) -> Result<TcpStream> {
 /// One call to the node at `addr`: a request, its reply.
 pub async fn call(me: &Identity, addr: &str, msg: &PeerMessage) -> Result<PeerMessage> {
     let work = async {
-        let mut s = connect(me, addr).await?;
+        let mut s = connect(me, addr, None).await?;
         write_frame(&mut s, 1, msg).await?;
         match read_frame(&mut s, me.frame_max).await? {
             Some((_, reply @ PeerMessage::Reply { .. })) => Ok(reply),
@@ -161,7 +180,7 @@ impl RaftOutboxes {
                     let Ok(first) = rx.recv_async().await else {
                         return;
                     };
-                    let mut s = match connect(&me, &addr).await {
+                    let mut s = match connect(&me, &addr, Some(peer)).await {
                         Ok(s) => s,
                         Err(e) => {
                             if !logged {
@@ -213,6 +232,73 @@ impl RaftOutboxes {
     }
 }
 
+/// The incarnation each peer node id last spoke with, and whether it still holds an
+/// inbound connection: a second process with the same node.id (a copied configuration, a
+/// forgotten process on another host) is refused while the first one lives, so that it
+/// never takes part in Raft under another node's identity.
+#[derive(Default)]
+struct LivePeers {
+    peers: std::cell::RefCell<BTreeMap<i32, LivePeer>>,
+}
+
+struct LivePeer {
+    incarnation: [u8; 16],
+    connections: usize,
+    last_frame: std::time::Instant,
+}
+
+impl LivePeers {
+    /// Admits a connection from `node_id` as `incarnation`, or says why not.
+    fn admit(&self, node_id: i32, incarnation: [u8; 16], liveness: Duration) -> Result<(), String> {
+        let mut peers = self.peers.borrow_mut();
+        let now = std::time::Instant::now();
+        match peers.get_mut(&node_id) {
+            Some(p) if p.incarnation == incarnation => {
+                p.connections += 1;
+                p.last_frame = now;
+            }
+            Some(p) if p.connections > 0 && now.duration_since(p.last_frame) < liveness => {
+                return Err(format!(
+                    "node {node_id} is already connected as incarnation {}; is a second process \
+                     running with node.id={node_id}?",
+                    hex(&p.incarnation)
+                ));
+            }
+            _ => {
+                peers.insert(
+                    node_id,
+                    LivePeer {
+                        incarnation,
+                        connections: 1,
+                        last_frame: now,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn heard(&self, node_id: i32, incarnation: [u8; 16]) {
+        if let Some(p) = self.peers.borrow_mut().get_mut(&node_id) {
+            if p.incarnation == incarnation {
+                p.last_frame = std::time::Instant::now();
+            }
+        }
+    }
+
+    fn closed(&self, node_id: i32, incarnation: [u8; 16]) {
+        if let Some(p) = self.peers.borrow_mut().get_mut(&node_id) {
+            if p.incarnation == incarnation {
+                p.connections = p.connections.saturating_sub(1);
+            }
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Serves the controller listener: Hellos checked, Raft messages stepped into the local
 /// quorum node, calls answered by the controller.
 pub fn start_listener(
@@ -224,6 +310,7 @@ pub fn start_listener(
         .map_err(std::io::Error::from)
         .with_context(|| format!("binding the controller listener {addr}"))?;
     tracing::info!(%addr, "controller listener");
+    let live = Rc::new(LivePeers::default());
     glommio::spawn_local(async move {
         loop {
             let stream = match listener.accept().await {
@@ -234,10 +321,10 @@ pub fn start_listener(
                     continue;
                 }
             };
-            let (me, controller) = (me.clone(), controller.clone());
+            let (me, controller, live) = (me.clone(), controller.clone(), live.clone());
             glommio::spawn_local(async move {
                 let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                if let Err(e) = serve(stream, &me, controller).await {
+                if let Err(e) = serve(stream, &me, controller, &live).await {
                     tracing::warn!(peer = ?peer, error = %format!("{e:#}"), "inter-node connection closed");
                 }
             })
@@ -248,7 +335,12 @@ pub fn start_listener(
     Ok(())
 }
 
-async fn serve(mut s: TcpStream, me: &Identity, controller: Weak<Controller>) -> Result<()> {
+async fn serve(
+    mut s: TcpStream,
+    me: &Identity,
+    controller: Weak<Controller>,
+    live: &LivePeers,
+) -> Result<()> {
     s.set_nodelay(true).map_err(std::io::Error::from)?;
     // The Hello must come at once; afterwards a voter's connection may idle between
     // heartbeats (raft's heartbeats keep it busy while a leader lives).
@@ -261,16 +353,27 @@ async fn serve(mut s: TcpStream, me: &Identity, controller: Weak<Controller>) ->
             cluster_id,
             node_id,
             voters,
+            incarnation,
         },
     )) = first
     else {
         bail!("the first frame was not a Hello");
     };
-    if let Err(reason) = wire::check_hello(
+    let admitted = wire::check_hello(
         (&me.cluster_id, &me.voters),
         (&cluster_id, &voters),
         node_id,
-    ) {
+    )
+    .and_then(|()| {
+        if node_id == me.node_id && incarnation != me.incarnation {
+            return Err(format!(
+                "node {node_id} is this node; is a second process running with \
+                 node.id={node_id}?"
+            ));
+        }
+        live.admit(node_id, incarnation, me.liveness)
+    });
+    if let Err(reason) = admitted {
         let _ = write_frame(
             &mut s,
             0,
@@ -281,22 +384,48 @@ async fn serve(mut s: TcpStream, me: &Identity, controller: Weak<Controller>) ->
         .await;
         bail!("refused node {node_id}: {reason}");
     }
-    write_frame(&mut s, 0, &me.hello()).await?;
+    let served = serve_admitted(&mut s, me, controller, live, node_id, incarnation).await;
+    live.closed(node_id, incarnation);
+    served
+}
+
+async fn serve_admitted(
+    s: &mut TcpStream,
+    me: &Identity,
+    controller: Weak<Controller>,
+    live: &LivePeers,
+    node_id: i32,
+    incarnation: [u8; 16],
+) -> Result<()> {
+    write_frame(s, 0, &me.hello()).await?;
     s.set_read_timeout(None).map_err(std::io::Error::from)?;
     loop {
-        let Some((correlation, msg)) = read_frame(&mut s, me.frame_max).await? else {
+        let Some((correlation, msg)) = read_frame(s, me.frame_max).await? else {
             return Ok(());
         };
+        live.heard(node_id, incarnation);
         let Some(c) = controller.upgrade() else {
             return Ok(());
         };
         match msg {
-            PeerMessage::Raft(m) => c.step_raft(m).await,
+            PeerMessage::Raft(m) => {
+                // Raft ids are node.id + 1; a message must come from the node that said
+                // Hello and be meant for this one.
+                let raft_id = |id: i32| u64::try_from(id).ok().map(|id| id + 1);
+                if Some(m.from) != raft_id(node_id) || Some(m.to) != raft_id(me.node_id) {
+                    bail!(
+                        "node {node_id} sent a Raft message from {} to {} (raft ids)",
+                        m.from,
+                        m.to
+                    );
+                }
+                c.step_raft(m).await
+            }
             PeerMessage::Register { .. }
             | PeerMessage::Heartbeat { .. }
             | PeerMessage::Forward { .. } => {
                 let reply = c.answer_call(msg).await;
-                write_frame(&mut s, correlation, &reply).await?;
+                write_frame(s, correlation, &reply).await?;
             }
             other => bail!("unexpected {:?} frame", std::mem::discriminant(&other)),
         }

@@ -98,6 +98,33 @@ fn raise_open_files_limit() {
     );
 }
 
+/// Refuses to start when another process already listens on `addr`. glommio binds with
+/// SO_REUSEPORT, which would let a second broker (or a stale one) share the port silently:
+/// the kernel would then split connections (clients', or a voter's Raft traffic) between
+/// the two. A plain bind would also trip over TIME_WAIT connections of a previous run, so
+/// this probes for a live listener instead.
+fn refuse_if_served(addr: std::net::SocketAddr, what: &str) -> Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    // A broker killed a moment ago can still hold its listener: the kernel tears io_uring
+    // rings (and the sockets they reference) down after the process is gone. So a live
+    // listener must persist for STALE_LISTENER_GRACE before it counts as another process.
+    let deadline = std::time::Instant::now() + STALE_LISTENER_GRACE;
+    while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+        if std::time::Instant::now() >= deadline {
+            bail!("{what} address {addr} is already served by another process");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// Runs the broker until SIGTERM or SIGINT.
 pub fn run(config: BrokerConfig) -> Result<()> {
     install_panic_hook();
@@ -105,28 +132,9 @@ pub fn run(config: BrokerConfig) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config)?;
-    // glommio binds with SO_REUSEPORT, which would let a second broker (or a stale one)
-    // share the port silently. A plain bind would also trip over TIME_WAIT connections of a
-    // previous run, so probe for a live listener instead.
-    let probe = if config.listen.ip().is_unspecified() {
-        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), config.listen.port())
-    } else {
-        config.listen
-    };
-    // A broker killed a moment ago can still hold its listener: the kernel tears io_uring
-    // rings (and the sockets they reference) down after the process is gone. So a live
-    // listener must persist for STALE_LISTENER_GRACE before it counts as another broker.
-    if config.listen.port() != 0 {
-        let deadline = std::time::Instant::now() + STALE_LISTENER_GRACE;
-        while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
-            if std::time::Instant::now() >= deadline {
-                bail!(
-                    "address {} is already served by another process",
-                    config.listen
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    refuse_if_served(config.listen, "the client listener")?;
+    if let Some(addr) = config.controller_listen_addr()? {
+        refuse_if_served(addr, "the controller listener")?;
     }
 
     let signals = block_signals()?;

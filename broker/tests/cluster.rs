@@ -313,6 +313,7 @@ fn bad_inter_node_input_is_refused_and_logged() {
             cluster_id: "someone-else".into(),
             node_id: 9,
             voters: vec![],
+            incarnation: [9; 16],
         },
     );
     let mut s = std::net::TcpStream::connect(target).unwrap();
@@ -398,4 +399,115 @@ fn a_broker_stopped_with_sigterm_is_fenced_at_once_and_restarts_without_waiting(
     wait_until("leaders back", Duration::from_secs(10), || {
         leaders(&cluster, controller, "graceful").contains(&victim)
     });
+}
+
+/// Runs `sluice start --config <config>` with its log in `log`.
+fn spawn_with_config(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("start")
+        .arg("--config")
+        .arg(config)
+        .args(["--smp", "1"])
+        .env_remove("SLUICE_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_second_process_with_a_running_node_id_is_refused() {
+    let cluster = Cluster::start(3, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(&cluster.node(3).config).unwrap();
+    let data_line = original
+        .lines()
+        .find(|l| l.starts_with("log.dirs="))
+        .unwrap()
+        .to_string();
+    let elsewhere = format!("log.dirs={}", dir.path().join("data").display());
+
+    // A copy of node 3's configuration on the same machine, moved to a free client port:
+    // its controller listener is taken (SO_REUSEPORT would otherwise let the two share it,
+    // and the kernel split the voters' Raft traffic between them).
+    let n3 = cluster.node(3);
+    let ports = common::cluster::free_ports(4);
+    let copy = dir.path().join("copy.properties");
+    let copied = original
+        .replace(&data_line, &elsewhere)
+        .replace(&n3.client.port().to_string(), &ports[3].to_string())
+        .replace(&n3.admin.port().to_string(), &ports[2].to_string());
+    std::fs::write(&copy, copied).unwrap();
+    let copy_log = dir.path().join("copy.log");
+    let mut child = spawn_with_config(&copy, &copy_log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "a copy of node 3 kept running: {}",
+                std::fs::read_to_string(&copy_log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&copy_log).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("controller listener address") && text.contains("already served"),
+        "{text}"
+    );
+
+    // Node 3 again "on another host": same node.id, cluster and voters, its own listeners.
+    let other = original
+        .replace(&data_line, &elsewhere)
+        .replace(&n3.client.port().to_string(), &ports[0].to_string())
+        .replace(
+            &format!("CONTROLLER://127.0.0.1:{}", n3.controller.port()),
+            &format!("CONTROLLER://127.0.0.1:{}", ports[1]),
+        )
+        .replace(&n3.admin.port().to_string(), &ports[2].to_string());
+    let twin = dir.path().join("twin.properties");
+    std::fs::write(&twin, other).unwrap();
+    let twin_log = dir.path().join("twin.log");
+    let mut twin_child = spawn_with_config(&twin, &twin_log);
+    wait_until(
+        "a voter refusing the twin of node 3",
+        Duration::from_secs(60),
+        || {
+            (1..=3).any(|i| {
+                cluster
+                    .log(i)
+                    .contains("second process running with node.id=3")
+            })
+        },
+    );
+    let twin_text = std::fs::read_to_string(&twin_log).unwrap();
+    assert!(twin_text.contains("refused us"), "{twin_text}");
+    // The quorum goes on with the real node 3: a topic is placed on all three, and node 3
+    // as the cluster knows it is the original process.
+    assert_eq!(cluster.client(1).create_topic("after-twin", 6), 0);
+    let ls = leaders(&cluster, 1, "after-twin");
+    assert!(ls.contains(&3), "{ls:?}");
+    let d = cluster.describe(1);
+    let b3 = d["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["node_id"] == 3)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(b3["state"], "unfenced", "{d}");
+    assert_eq!(
+        b3["port"],
+        n3.client.port(),
+        "broker 3 must still be the original process: {b3}"
+    );
+    let _ = twin_child.kill();
+    let _ = twin_child.wait();
 }

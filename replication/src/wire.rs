@@ -17,7 +17,7 @@
 //!
 //! | kind | message | payload |
 //! |---|---|---|
-//! | 1 | Hello | cluster_id string, node_id i32, voters [node_id i32, host string, port u16] |
+//! | 1 | Hello | cluster_id string, node_id i32, voters [node_id i32, host string, port u16], incarnation 16 bytes |
 //! | 2 | HelloRefused | reason string |
 //! | 3 | Raft | raft's eraftpb.Message, protobuf-encoded (bytes) |
 //! | 4 | Register | the RegisterBroker metadata record's bytes (bytes) |
@@ -50,6 +50,8 @@ pub enum PeerMessage {
         cluster_id: String,
         node_id: i32,
         voters: Vec<Voter>,
+        /// Random per process start: two live processes with one node.id differ in it.
+        incarnation: [u8; 16],
     },
     HelloRefused {
         reason: String,
@@ -131,6 +133,7 @@ pub fn encode(correlation: u32, msg: &PeerMessage) -> Vec<u8> {
             cluster_id,
             node_id,
             voters,
+            incarnation,
         } => {
             put_str(w, cluster_id);
             w.extend_from_slice(&node_id.to_be_bytes());
@@ -140,6 +143,7 @@ pub fn encode(correlation: u32, msg: &PeerMessage) -> Vec<u8> {
                 put_str(w, &v.host);
                 w.extend_from_slice(&v.port.to_be_bytes());
             }
+            w.extend_from_slice(incarnation);
         }
         PeerMessage::HelloRefused { reason } => put_str(w, reason),
         PeerMessage::Raft(m) => {
@@ -249,10 +253,12 @@ pub fn decode(frame: &[u8]) -> Result<(u32, PeerMessage), WireError> {
                     port: r.u16()?,
                 });
             }
+            let incarnation = r.take(16)?.try_into().expect("16");
             PeerMessage::Hello {
                 cluster_id,
                 node_id,
                 voters,
+                incarnation,
             }
         }
         2 => PeerMessage::HelloRefused { reason: r.str()? },
@@ -399,6 +405,7 @@ mod tests {
                 cluster_id: "c1".into(),
                 node_id: 1,
                 voters,
+                incarnation: [7; 16],
             },
             PeerMessage::HelloRefused {
                 reason: "other cluster".into(),

@@ -28,6 +28,16 @@ pub struct BrokerInfo {
     pub fenced: bool,
 }
 
+impl BrokerInfo {
+    /// The endpoint clients are told of: the PLAINTEXT listener, else the first.
+    pub fn client_endpoint(&self) -> Option<&Endpoint> {
+        self.endpoints
+            .iter()
+            .find(|e| e.name == "PLAINTEXT")
+            .or(self.endpoints.first())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
     pub replicas: Vec<i32>,
