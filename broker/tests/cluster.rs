@@ -56,6 +56,34 @@ fn leaders(cluster: &Cluster, node: i32, topic: &str) -> Vec<i32> {
     v.into_iter().map(|(_, l)| l).collect()
 }
 
+fn produce_v10(c: &mut Client, topic: &str, partition: i32, value: &[u8]) -> ProduceResponse {
+    let mut pd = produce_request::PartitionProduceData::default();
+    pd.index = partition;
+    pd.records = Some(batch(&[value.to_vec()], 1, Compression::None));
+    let mut td = produce_request::TopicProduceData::default();
+    td.name = TopicName(StrBytes::from_string(topic.into()));
+    td.partition_data = vec![pd];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 10_000;
+    req.topic_data = vec![td];
+    c.send(&req, 10)
+}
+
+fn fetch_v16(c: &mut Client, topic_id: uuid::Uuid, partition: i32) -> FetchResponse {
+    let mut fp = fetch_request::FetchPartition::default();
+    fp.partition = partition;
+    fp.partition_max_bytes = 1 << 20;
+    let mut ft = fetch_request::FetchTopic::default();
+    ft.topic_id = topic_id;
+    ft.partitions = vec![fp];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_bytes = 1 << 20;
+    req.topics = vec![ft];
+    c.send(&req, 16)
+}
+
 fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !ok() {
@@ -99,6 +127,7 @@ fn three_nodes_agree_and_each_partition_is_served_by_its_leader() {
             },
         );
     }
+    let topic_id = metadata(&mut cluster.client(1), Some("spread")).topics[0].topic_id;
     for (p, leader) in leaders_seen.iter().enumerate() {
         let p = p as i32;
         let value = format!("p{p}").into_bytes();
@@ -128,6 +157,28 @@ fn three_nodes_agree_and_each_partition_is_served_by_its_leader() {
             err, NOT_LEADER_OR_FOLLOWER,
             "fetch of partition {p} at node {other}"
         );
+        // KIP-951: Produce v10+ and Fetch v16 name the leader and its endpoint.
+        let leader_port = i32::from(cluster.node(*leader).client.port());
+        let resp = produce_v10(&mut cluster.client(other), "spread", p, &value);
+        let pr = &resp.responses[0].partition_responses[0];
+        assert_eq!(pr.error_code, NOT_LEADER_OR_FOLLOWER);
+        assert_eq!(pr.current_leader.leader_id.0, *leader, "partition {p}");
+        let ports: Vec<(i32, i32)> = resp
+            .node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, e.port))
+            .collect();
+        assert_eq!(ports, [(*leader, leader_port)], "partition {p}");
+        let resp = fetch_v16(&mut cluster.client(other), topic_id, p);
+        let pd = &resp.responses[0].partitions[0];
+        assert_eq!(pd.error_code, NOT_LEADER_OR_FOLLOWER);
+        assert_eq!(pd.current_leader.leader_id.0, *leader, "partition {p}");
+        let ports: Vec<(i32, i32)> = resp
+            .node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, e.port))
+            .collect();
+        assert_eq!(ports, [(*leader, leader_port)], "partition {p}");
     }
     // /v1/brokers shows every broker unfenced and one controller that all agree on.
     let d = cluster.describe(1);

@@ -16,7 +16,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, NodeEndpoint, PartitionData,
+};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 use replication::Isolation;
@@ -123,6 +125,10 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
     };
 
     let mut outcomes = outcomes.into_iter();
+    let mut items = items.iter();
+    // KIP-951: partitions led elsewhere name their leader (Fetch v12+) and its endpoint
+    // (v16+); older versions leave the tagged fields out.
+    let mut endpoints = BTreeMap::new();
     let mut resp = FetchResponse::default();
     resp.responses = topics
         .into_iter()
@@ -134,7 +140,24 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
                 .into_iter()
                 .map(|index| {
                     let o = outcomes.next().unwrap_or_default();
+                    let item = items.next();
                     let mut pd = PartitionData::default();
+                    if o.error == Some(ResponseError::NotLeaderOrFollower) {
+                        if let Some((id, epoch, host, port, rack)) = item
+                            .and_then(|i| super::current_leader(&ctx.shard, &i.topic, i.partition))
+                        {
+                            pd.current_leader.leader_id = BrokerId(id);
+                            pd.current_leader.leader_epoch = epoch;
+                            endpoints.entry(id).or_insert_with(|| {
+                                let mut e = NodeEndpoint::default();
+                                e.node_id = BrokerId(id);
+                                e.host = super::str_bytes(host);
+                                e.port = port;
+                                e.rack = rack.map(super::str_bytes);
+                                e
+                            });
+                        }
+                    }
                     pd.partition_index = index;
                     pd.error_code = o.error.map(|e| e.code()).unwrap_or(0);
                     pd.high_watermark = o.high_watermark;
@@ -148,6 +171,7 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
             tr
         })
         .collect();
+    resp.node_endpoints = endpoints.into_values().collect();
     resp
 }
 

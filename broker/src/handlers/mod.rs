@@ -53,6 +53,26 @@ pub(crate) fn endpoint(shard: &crate::shard::Shard, id: i32) -> Option<(String, 
     Some((b.host.clone(), b.port as i32))
 }
 
+/// KIP-951: the leader to name in a NOT_LEADER_OR_FOLLOWER answer for a partition this
+/// broker does not serve, with its endpoint (host, port, rack); `None` when the partition
+/// has no live leader (offline, or its leader fenced). The epoch is the one Metadata
+/// reports (0 until replication makes leader epochs move).
+pub(crate) fn current_leader(
+    shard: &crate::shard::Shard,
+    topic: &str,
+    partition: i32,
+) -> Option<(i32, i32, String, i32, Option<String>)> {
+    let image = shard.metadata();
+    let p = image
+        .topics
+        .get(topic)?
+        .partitions
+        .get(usize::try_from(partition).ok()?)?;
+    let b = image.brokers.get(&p.leader).filter(|b| !b.fenced)?;
+    let (host, port) = endpoint(shard, p.leader)?;
+    Some((p.leader, 0, host, port, b.rack.clone()))
+}
+
 /// The brokers clients are told of: the unfenced registered ones, this broker always
 /// (before it is registered too), by id.
 pub(crate) fn live_brokers(shard: &crate::shard::Shard) -> Vec<(i32, String, i32, Option<String>)> {

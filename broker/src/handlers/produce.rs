@@ -11,9 +11,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::records::Compression as Codec;
 use kafka_protocol::ResponseError;
 use protocol::record_batch::{BatchIter, Compression};
@@ -48,6 +48,8 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
     let acks = req.acks;
     let image = ctx.shard.metadata();
     let mut responses: Vec<TopicProduceResponse> = Vec::with_capacity(req.topic_data.len());
+    // Each response topic's resolved name (a v13 request names topics by id only).
+    let mut names: Vec<String> = Vec::with_capacity(req.topic_data.len());
     let mut by_shard: BTreeMap<usize, Vec<Item>> = BTreeMap::new();
     let mut early: Vec<Outcome> = Vec::new();
     let mut checks: Vec<Check> = Vec::new();
@@ -148,6 +150,7 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
             }
         }
         responses.push(tr);
+        names.push(name);
     }
 
     // Client batches are checked (and re-compressed for a fixed codec) before anything is
@@ -223,8 +226,33 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
                 .collect();
         }
     }
+    // KIP-951: a partition led elsewhere names its leader, so the producer need not wait
+    // for a metadata refresh (Produce v10+; older versions leave the tagged fields out).
+    let mut endpoints = BTreeMap::new();
+    for (tr, name) in responses.iter_mut().zip(&names) {
+        for pr in &mut tr.partition_responses {
+            if pr.error_code != ResponseError::NotLeaderOrFollower.code() {
+                continue;
+            }
+            if let Some((id, epoch, host, port, rack)) =
+                super::current_leader(&ctx.shard, name, pr.index)
+            {
+                pr.current_leader.leader_id = BrokerId(id);
+                pr.current_leader.leader_epoch = epoch;
+                endpoints.entry(id).or_insert_with(|| {
+                    let mut e = NodeEndpoint::default();
+                    e.node_id = BrokerId(id);
+                    e.host = str_bytes(host);
+                    e.port = port;
+                    e.rack = rack.map(str_bytes);
+                    e
+                });
+            }
+        }
+    }
     let mut resp = ProduceResponse::default();
     resp.responses = responses;
+    resp.node_endpoints = endpoints.into_values().collect();
     Some(resp)
 }
 
