@@ -101,7 +101,8 @@ pub enum GroupCmd {
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Cluster id, controller and brokers.
+    /// Cluster id, the active controller, brokers with their state (fenced or not) and
+    /// each voter's lag behind the metadata log's commit.
     Info,
 }
 
@@ -840,32 +841,95 @@ pub fn cluster(g: &Global, cmd: ClusterCmd) -> Result<()> {
     let mut c = Cluster::connect(&g.bootstrap, CLIENT_ID)?;
     match cmd {
         ClusterCmd::Info => {
-            let md = c.metadata(Some(&[]))?;
-            let brokers: Vec<(i32, String)> = md
+            // Brokers with their state (DescribeCluster v2 lists fenced ones when asked).
+            let mut req = DescribeClusterRequest::default();
+            req.include_fenced_brokers = true;
+            let d = c.send(&req, 2)?;
+            check(d.error_code, "describe cluster")?;
+            let brokers: Vec<serde_json::Value> = d
                 .brokers
                 .iter()
-                .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+                .map(|b| {
+                    json!({
+                        "node_id": b.broker_id.0,
+                        "address": format!("{}:{}", b.host.as_str(), b.port),
+                        "rack": b.rack.as_ref().map(|r| r.to_string()),
+                        "state": if b.is_fenced { "fenced" } else { "unfenced" },
+                    })
+                })
                 .collect();
-            let id = md
-                .cluster_id
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
+            // The quorum: the active controller and each voter's lag behind the commit.
+            let mut q = DescribeQuorumRequest::default();
+            let mut t = describe_quorum_request::TopicData::default();
+            t.topic_name = TopicName(s("__cluster_metadata"));
+            let mut p = describe_quorum_request::PartitionData::default();
+            p.partition_index = 0;
+            t.partitions = vec![p];
+            q.topics = vec![t];
+            let q = c.send(&q, 2)?;
+            check(q.error_code, "describe quorum")?;
+            let part = q
+                .topics
+                .first()
+                .and_then(|t| t.partitions.first())
+                .ok_or_else(|| anyhow!("DescribeQuorum answered no partition"))?;
+            check(part.error_code, "describe quorum")?;
+            let voters: Vec<serde_json::Value> = part
+                .current_voters
+                .iter()
+                .map(|v| {
+                    json!({
+                        "node_id": v.replica_id.0,
+                        "log_end_offset": v.log_end_offset,
+                        "lag": (part.high_watermark - v.log_end_offset).max(0),
+                    })
+                })
+                .collect();
+            let id = d.cluster_id.to_string();
+            let controller = part.leader_id.0;
             match g.format {
                 Format::Json => println!(
                     "{}",
                     json!({
-                        "cluster_id": id, "controller": md.controller_id.0,
-                        "brokers": brokers.iter().map(|(n, a)| json!({"node_id": n, "address": a})).collect::<Vec<_>>(),
+                        "cluster_id": id, "controller": controller,
+                        "epoch": part.leader_epoch,
+                        "high_watermark": part.high_watermark,
+                        "brokers": brokers, "voters": voters,
                     })
                 ),
                 Format::Table => {
-                    println!("cluster {id}, controller {}", md.controller_id.0);
+                    println!(
+                        "cluster {id}, controller {controller} (epoch {}, metadata offset {})",
+                        part.leader_epoch, part.high_watermark
+                    );
+                    let text = |v: &serde_json::Value| match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => "-".into(),
+                        other => other.to_string(),
+                    };
                     print_table(
-                        &["NODE", "ADDRESS"],
+                        &["NODE", "ADDRESS", "RACK", "STATE"],
                         &brokers
                             .iter()
-                            .map(|(n, a)| vec![n.to_string(), a.clone()])
+                            .map(|b| {
+                                ["node_id", "address", "rack", "state"]
+                                    .iter()
+                                    .map(|k| text(&b[*k]))
+                                    .collect()
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    println!();
+                    print_table(
+                        &["VOTER", "LOG END", "LAG"],
+                        &voters
+                            .iter()
+                            .map(|v| {
+                                ["node_id", "log_end_offset", "lag"]
+                                    .iter()
+                                    .map(|k| text(&v[*k]))
+                                    .collect()
+                            })
                             .collect::<Vec<_>>(),
                     );
                 }

@@ -259,6 +259,11 @@ fn cli_manages_topics_records_and_groups() {
 
     let info = ok_json(&broker, &["cluster", "info"]);
     assert_eq!(info["brokers"][0]["address"], broker.addr.to_string());
+    assert_eq!(info["brokers"][0]["state"], "unfenced", "{info}");
+    // A single node is its own one-voter quorum: the controller, with no lag.
+    assert_eq!(info["controller"], 0, "{info}");
+    assert_eq!(info["voters"][0]["node_id"], 0, "{info}");
+    assert_eq!(info["voters"][0]["lag"], 0, "{info}");
 
     assert!(sluice(&broker, &["group", "delete", "cg"], None).0);
     assert!(sluice(&broker, &["topic", "delete", "orders"], None).0);

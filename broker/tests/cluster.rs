@@ -324,6 +324,46 @@ fn a_stopped_broker_is_fenced_and_unfenced_when_it_resumes() {
         .cloned()
         .unwrap();
     assert_eq!(b3["state"], "fenced", "{d}");
+    // `sluice cluster info` shows it too, with the quorum's voters (node 3 among them).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["cluster", "info", "--format", "json"])
+        .env("SLUICE_BOOTSTRAP", cluster.node(1).client.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<(i64, String)> = info["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["node_id"].as_i64().unwrap(),
+                b["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (1, "unfenced".to_string()),
+            (2, "unfenced".into()),
+            (3, "fenced".into())
+        ],
+        "{info}"
+    );
+    let voters: Vec<i64> = info["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["node_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(voters, [1, 2, 3], "{info}");
+    assert!(info["controller"].as_i64().unwrap() != 3, "{info}");
     cluster.signal(3, libc::SIGCONT);
     wait_until("node 3 unfenced", Duration::from_secs(20), || {
         leaders(&cluster, 1, "f") == before
