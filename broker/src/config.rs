@@ -512,9 +512,9 @@ impl BrokerConfig {
 
     /// Where this node listens for inter-node traffic: the CONTROLLER entry of `listeners`,
     /// else its own `controller.quorum.voters` address; `None` for a quorum of this node alone
-    /// (it has no peers to listen for).
+    /// (`controller.quorum.voters` unset: it has no peers to listen for).
     pub fn controller_listen_addr(&self) -> Result<Option<SocketAddr>> {
-        if self.quorum_voters.len() <= 1 {
+        if self.quorum_voters.is_empty() || !self.roles.controller {
             return Ok(None);
         }
         if let Some(a) = self.controller_listen {
@@ -551,13 +551,21 @@ impl BrokerConfig {
                 self.node_id
             );
         }
-        // Broker-only and controller-only nodes need a non-voting metadata follower; until
-        // that exists every node is both (Kafka's "combined" mode).
-        if !(self.roles.broker && self.roles.controller) {
-            bail!(
-                "this build runs combined nodes only (process.roles=broker,controller); \
-                 broker-only and controller-only roles come later"
-            );
+        if !self.roles.controller {
+            // A broker-only node observes the voters' log: it needs them, and is not one.
+            if self.quorum_voters.is_empty() {
+                bail!("process.roles=broker needs controller.quorum.voters (the controllers)");
+            }
+            if self.quorum_voters.iter().any(|v| v.node_id == self.node_id) {
+                bail!(
+                    "node.id {} is in controller.quorum.voters but process.roles has no \
+                     controller: a voter must have the controller role",
+                    self.node_id
+                );
+            }
+        }
+        if !self.roles.broker && self.quorum_voters.is_empty() {
+            bail!("process.roles=controller needs controller.quorum.voters");
         }
         if self.smp == 0 {
             bail!("sluice.smp must be at least 1");
@@ -653,5 +661,43 @@ mod tests {
             .into_iter()
             .collect();
         assert!(c.apply(&props).is_err());
+    }
+
+    fn with(props: &[(&str, &str)]) -> Result<BrokerConfig> {
+        let mut c = BrokerConfig::default();
+        let props: BTreeMap<String, String> = props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        c.apply(&props)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn roles_are_checked_against_the_voters() {
+        let voters = (
+            "controller.quorum.voters",
+            "1@127.0.0.1:9093,2@127.0.0.1:9094",
+        );
+        let broker = ("process.roles", "broker");
+        let controller = ("process.roles", "controller");
+        // A broker-only node observes the voters: it needs them and is not one of them.
+        let ok = with(&[broker, voters, ("node.id", "3")]).unwrap();
+        assert!(ok.roles.broker && !ok.roles.controller);
+        assert_eq!(ok.controller_listen_addr().unwrap(), None);
+        let e = with(&[broker, voters, ("node.id", "2")]).unwrap_err();
+        assert!(e.to_string().contains("controller role"), "{e}");
+        let e = with(&[broker, ("node.id", "3")]).unwrap_err();
+        assert!(e.to_string().contains("controller.quorum.voters"), "{e}");
+        // A controller-only node is a voter.
+        let ok = with(&[controller, voters, ("node.id", "2")]).unwrap();
+        assert!(!ok.roles.broker && ok.roles.controller);
+        assert_eq!(
+            ok.controller_listen_addr().unwrap(),
+            Some("127.0.0.1:9094".parse().unwrap())
+        );
+        assert!(with(&[controller, voters, ("node.id", "3")]).is_err());
+        assert!(with(&[controller, ("node.id", "1")]).is_err());
+        assert!(with(&[("process.roles", "observer")]).is_err());
     }
 }

@@ -34,6 +34,7 @@ use replication::metadata::{ClusterImage, Endpoint, MetadataRecord, TopicId};
 use crate::config::BrokerConfig;
 use crate::metadata::{random_bytes, validate_topic_name, MetadataImage, TopicMeta};
 use crate::metadata_log::{CommitError, MetadataLog, MetadataLogConfig};
+use crate::metadata_observer::MetadataObserver;
 use crate::peers::Identity;
 use crate::shard::{Shard, ShardId};
 use replication::wire::PeerMessage;
@@ -188,7 +189,7 @@ struct Active {
 
 pub struct Controller {
     config: Arc<BrokerConfig>,
-    log: RefCell<Option<Rc<MetadataLog>>>,
+    log: RefCell<Option<Meta>>,
     lock: Semaphore,
     active: RefCell<Option<Active>>,
     /// The image offset every shard has applied.
@@ -233,17 +234,69 @@ impl Controller {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn log(&self) -> Result<Rc<MetadataLog>, CommitError> {
+    fn log(&self) -> Result<Meta, CommitError> {
         self.log
             .borrow()
             .clone()
             .ok_or_else(|| CommitError::Refused("the metadata log is not open yet".into()))
     }
 
-    /// Opens the metadata log, starts publishing its image to every shard, registers this
-    /// broker, migrates a pre-quorum data directory, and returns once every shard has the
-    /// image (its logs open).
+    /// Opens the metadata log (a voter) or starts observing the voters' (broker-only),
+    /// starts publishing the image to every shard, registers this broker (a node with the
+    /// broker role), migrates a pre-quorum data directory, and returns once every shard has
+    /// the image (its logs open).
     pub async fn bootstrap(self: &Rc<Self>, shard: &Rc<Shard>) -> Result<()> {
+        let c = &self.config;
+        let wait = Duration::from_millis(c.metadata_commit_timeout_ms);
+        let deadline = Instant::now() + wait;
+        if MetadataImage::path(&c.data_dir).exists()
+            && (c.quorum_voters.len() > 1 || !c.roles.controller)
+        {
+            anyhow::bail!(
+                "{} is from a single-node version: start this node alone once (it is \
+                 migrated into the metadata log), then grow the cluster",
+                MetadataImage::path(&c.data_dir).display()
+            );
+        }
+        let meta = if c.roles.controller {
+            self.open_quorum().await?
+        } else {
+            let identity = self.peer_identity();
+            let observer = MetadataObserver::new();
+            glommio::spawn_local(observer.clone().run(identity.clone())).detach();
+            *self.identity.borrow_mut() = Some(identity);
+            Meta::Observer(observer)
+        };
+        *self.log.borrow_mut() = Some(meta.clone());
+        glommio::spawn_local(publish_loop(self.clone(), shard.clone(), meta.clone())).detach();
+        // Wait for a leader (a quorum of one elects itself at once) before registering.
+        while meta.leader().is_none() && meta.failure().is_none() {
+            if Instant::now() > deadline {
+                anyhow::bail!("the metadata quorum elected no leader within {wait:?}");
+            }
+            let l = meta.applied_event().listen();
+            if meta.leader().is_some() {
+                break;
+            }
+            let _ = futures::future::select(
+                l,
+                Box::pin(glommio::timer::sleep(Duration::from_millis(10))),
+            )
+            .await;
+        }
+        if c.roles.broker {
+            self.register_and_unfence(deadline, wait).await?;
+        }
+        self.migrate_json_image()
+            .await
+            .context("migrating __cluster/metadata.json")?;
+        self.wait_published(meta.image().offset).await;
+        glommio::spawn_local(heartbeat_loop(Rc::downgrade(self))).detach();
+        Ok(())
+    }
+
+    /// Opens this voter's metadata log and connects it to the other voters.
+    async fn open_quorum(self: &Rc<Self>) -> Result<Meta> {
         let c = &self.config;
         let voters = if c.quorum_voters.is_empty() {
             vec![c.node_id]
@@ -266,27 +319,17 @@ impl Controller {
             },
         )
         .await?;
-        *self.log.borrow_mut() = Some(log.clone());
-        if c.quorum_voters.len() > 1 {
-            if MetadataImage::path(&c.data_dir).exists() {
-                anyhow::bail!(
-                    "{} is from a single-node version: start this node alone once (it is \
-                     migrated into the metadata log), then grow the cluster",
-                    MetadataImage::path(&c.data_dir).display()
-                );
-            }
+        // Configured voters listen (other voters, broker-only observers); the default
+        // single node has no peers.
+        if !c.quorum_voters.is_empty() {
             self.start_peers(&log)?;
         }
-        glommio::spawn_local(publish_loop(self.clone(), shard.clone(), log.clone())).detach();
-        let wait = Duration::from_millis(c.metadata_commit_timeout_ms);
-        // Wait for a leader (a quorum of one elects itself at once) before registering.
-        let deadline = Instant::now() + wait;
-        while log.leader().is_none() && log.failure().is_none() {
-            if Instant::now() > deadline {
-                anyhow::bail!("the metadata quorum elected no leader within {wait:?}");
-            }
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
+        Ok(Meta::Voter(log))
+    }
+
+    /// Registers this broker, then heartbeats until the controller unfences it (it has,
+    /// for a quorum of one; another node may take a moment to catch up).
+    async fn register_and_unfence(&self, deadline: Instant, wait: Duration) -> Result<()> {
         // On a disk that refuses the metadata log's writes the broker still starts and
         // serves the image it has; metadata changes wait for a restart.
         let tolerate = |r: Result<(), CommitError>, what: &str| match r {
@@ -297,27 +340,16 @@ impl Controller {
             r => r.with_context(|| what.to_owned()),
         };
         tolerate(self.register().await, "registering this broker")?;
-        // Unfenced once this node has applied its own registration (it has, for a quorum
-        // of one; a follower may take a moment).
         loop {
             match self.heartbeat().await {
-                Ok(false) => break,
+                Ok(false) => return Ok(()),
                 Ok(true) if Instant::now() < deadline => {
                     glommio::timer::sleep(Duration::from_millis(50)).await
                 }
                 Ok(true) => anyhow::bail!("still fenced after {wait:?}"),
-                Err(e) => {
-                    tolerate(Err(e), "unfencing this broker")?;
-                    break;
-                }
+                Err(e) => return tolerate(Err(e), "unfencing this broker"),
             }
         }
-        self.migrate_json_image()
-            .await
-            .context("migrating __cluster/metadata.json")?;
-        self.wait_published(log.image().offset).await;
-        glommio::spawn_local(heartbeat_loop(Rc::downgrade(self))).detach();
-        Ok(())
     }
 
     /// The cluster as this node sees it, for `/v1/brokers` and `sluice cluster info`: the
@@ -453,11 +485,10 @@ impl Controller {
         }
     }
 
-    /// Connects the metadata log to the other voters: the controller listener, one Raft
-    /// outbox per peer.
-    fn start_peers(self: &Rc<Self>, log: &Rc<MetadataLog>) -> Result<()> {
+    /// This node as its Hellos present it to the others.
+    fn peer_identity(&self) -> Rc<Identity> {
         let c = &self.config;
-        let identity = Rc::new(Identity {
+        Rc::new(Identity {
             cluster_id: c.cluster_id.clone(),
             node_id: c.node_id,
             voters: c.quorum_voters.clone(),
@@ -465,8 +496,15 @@ impl Controller {
             timeout: Duration::from_millis(c.quorum_request_timeout_ms),
             incarnation: self.incarnation,
             liveness: Duration::from_millis(c.broker_session_timeout_ms),
-        });
-        let listen = c
+        })
+    }
+
+    /// Connects the metadata log to the other voters: the controller listener, one Raft
+    /// outbox per peer.
+    fn start_peers(self: &Rc<Self>, log: &Rc<MetadataLog>) -> Result<()> {
+        let identity = self.peer_identity();
+        let listen = self
+            .config
             .controller_listen_addr()?
             .context("a quorum of several voters needs a controller listener")?;
         crate::peers::start_listener(listen, identity.clone(), Rc::downgrade(self))?;
@@ -486,7 +524,7 @@ impl Controller {
 
     /// A Raft message from a peer.
     pub async fn step_raft(&self, m: replication::quorum::eraftpb::Message) {
-        if let Ok(log) = self.log() {
+        if let Ok(Meta::Voter(log)) = self.log() {
             log.step(m).await;
         }
     }
@@ -605,6 +643,57 @@ impl Controller {
                 }
             }
             _ => reply(INVALID_REQUEST, "not a call".into()),
+        }
+    }
+
+    /// A broker-only node's long poll for the committed metadata after `after`: answered
+    /// once this voter has applied more, or after `max_wait` (at most the request timeout,
+    /// so that the caller's call does not time out first).
+    pub async fn serve_metadata_fetch(&self, after: u64, max_wait: Duration) -> PeerMessage {
+        let log = match self.log() {
+            Ok(Meta::Voter(log)) => log,
+            _ => {
+                return PeerMessage::Reply {
+                    error_code: NOT_CONTROLLER,
+                    message: "this node is not a voter".into(),
+                    broker_epoch: -1,
+                    fenced: true,
+                    committed_offset: 0,
+                    body: bytes::Bytes::new(),
+                }
+            }
+        };
+        let max_wait = max_wait.min(Duration::from_millis(self.config.quorum_request_timeout_ms));
+        let deadline = Instant::now() + max_wait;
+        while log.image().offset <= after && Instant::now() < deadline {
+            let l = log.applied_event.listen();
+            if log.image().offset > after {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = futures::future::select(l, Box::pin(glommio::timer::sleep(left))).await;
+        }
+        // Entries up to half a frame; the image instead when they are snapshotted away.
+        let budget = self.config.controller_frame_max_bytes / 2;
+        let (image, entries) = match log.applied_entries_after(after, budget) {
+            Some(entries) => (bytes::Bytes::new(), entries),
+            None => {
+                let image = log.image();
+                let after_image = log
+                    .applied_entries_after(image.offset, budget)
+                    .unwrap_or_default();
+                (bytes::Bytes::from(image.encode_snapshot()), after_image)
+            }
+        };
+        PeerMessage::MetadataUpdate {
+            leader: log.leader().unwrap_or(-1),
+            term: log.term(),
+            commit: log.commit_index(),
+            image,
+            entries: entries
+                .into_iter()
+                .map(|(i, d)| (i, bytes::Bytes::from(d)))
+                .collect(),
         }
     }
 
@@ -1394,9 +1483,87 @@ fn mismatch() -> CommitError {
 
 /// Publishes each new image to every shard, in offset order (a slow shard makes later
 /// images wait; images published meanwhile coalesce into the newest).
-async fn publish_loop(controller: Rc<Controller>, shard: Rc<Shard>, log: Rc<MetadataLog>) {
+/// Where this node's metadata comes from: its own Raft log (a voter: `process.roles`
+/// with `controller`), or an observer of the voters' (a broker-only node).
+#[derive(Clone)]
+enum Meta {
+    Voter(Rc<MetadataLog>),
+    Observer(Rc<MetadataObserver>),
+}
+
+impl Meta {
+    fn image(&self) -> Arc<ClusterImage> {
+        match self {
+            Meta::Voter(l) => l.image(),
+            Meta::Observer(o) => o.image(),
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        match self {
+            Meta::Voter(l) => l.failure(),
+            Meta::Observer(_) => None,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self, Meta::Voter(l) if l.is_leader())
+    }
+
+    fn term(&self) -> u64 {
+        match self {
+            Meta::Voter(l) => l.term(),
+            Meta::Observer(o) => o.term(),
+        }
+    }
+
+    fn leader(&self) -> Option<i32> {
+        match self {
+            Meta::Voter(l) => l.leader(),
+            Meta::Observer(o) => o.leader(),
+        }
+    }
+
+    fn ready_to_decide(&self) -> bool {
+        matches!(self, Meta::Voter(l) if l.ready_to_decide())
+    }
+
+    fn commit_index(&self) -> u64 {
+        match self {
+            Meta::Voter(l) => l.commit_index(),
+            Meta::Observer(o) => o.commit_index(),
+        }
+    }
+
+    fn progress(&self) -> Vec<(i32, u64)> {
+        match self {
+            Meta::Voter(l) => l.progress(),
+            Meta::Observer(_) => Vec::new(),
+        }
+    }
+
+    async fn commit(
+        &self,
+        records: Vec<MetadataRecord>,
+        timeout: Duration,
+    ) -> Result<u64, CommitError> {
+        match self {
+            Meta::Voter(l) => l.commit(records, timeout).await,
+            Meta::Observer(o) => Err(CommitError::NotLeader { leader: o.leader() }),
+        }
+    }
+
+    fn applied_event(&self) -> &event_listener::Event {
+        match self {
+            Meta::Voter(l) => &l.applied_event,
+            Meta::Observer(o) => &o.applied_event,
+        }
+    }
+}
+
+async fn publish_loop(controller: Rc<Controller>, shard: Rc<Shard>, log: Meta) {
     loop {
-        let l = log.applied_event.listen();
+        let l = log.applied_event().listen();
         let image = log.image();
         if image.offset <= controller.published.get() {
             l.await;
@@ -1443,8 +1610,10 @@ async fn heartbeat_loop(controller: std::rc::Weak<Controller>) {
         if c.stopping.get() {
             return;
         }
-        if let Err(e) = c.heartbeat().await {
-            tracing::warn!(error = %e, "broker heartbeat failed");
+        if c.config.roles.broker {
+            if let Err(e) = c.heartbeat().await {
+                tracing::warn!(error = %e, "broker heartbeat failed");
+            }
         }
         if c.log().is_ok_and(|l| l.is_leader()) {
             if let Err(e) = c.expire_sessions().await {

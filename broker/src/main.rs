@@ -11,6 +11,7 @@ mod group;
 mod handlers;
 mod metadata;
 mod metadata_log;
+mod metadata_observer;
 mod metrics;
 mod peers;
 mod runtime;

@@ -325,6 +325,18 @@ impl MetadataLog {
         self.image.borrow().clone()
     }
 
+    /// What a metadata observer asking for entries after `after` gets: the applied entries
+    /// that carry data (up to about `max_bytes`), or `None` when they are snapshotted away
+    /// (the observer then gets the image).
+    pub fn applied_entries_after(
+        &self,
+        after: u64,
+        max_bytes: usize,
+    ) -> Option<Vec<(u64, Vec<u8>)>> {
+        let upto = self.image.borrow().offset;
+        self.node.borrow().data_entries(after, upto, max_bytes)
+    }
+
     /// Why the log stopped accepting changes, if it did.
     pub fn failure(&self) -> Option<String> {
         self.failed.borrow().clone()

@@ -145,7 +145,9 @@ pub async fn call(me: &Identity, addr: &str, msg: &PeerMessage) -> Result<PeerMe
         let mut s = connect(me, addr, None).await?;
         write_frame(&mut s, 1, msg).await?;
         match read_frame(&mut s, me.frame_max).await? {
-            Some((_, reply @ PeerMessage::Reply { .. })) => Ok(reply),
+            Some((_, reply @ (PeerMessage::Reply { .. } | PeerMessage::MetadataUpdate { .. }))) => {
+                Ok(reply)
+            }
             Some(_) => bail!("{addr} answered with something other than a Reply"),
             None => bail!("{addr} closed the connection before replying"),
         }
@@ -420,6 +422,12 @@ async fn serve_admitted(
                     );
                 }
                 c.step_raft(m).await
+            }
+            PeerMessage::FetchMetadata { after, max_wait_ms } => {
+                let reply = c
+                    .serve_metadata_fetch(after, Duration::from_millis(u64::from(max_wait_ms)))
+                    .await;
+                write_frame(s, correlation, &reply).await?;
             }
             PeerMessage::Register { .. }
             | PeerMessage::Heartbeat { .. }

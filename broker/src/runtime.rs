@@ -132,7 +132,9 @@ pub fn run(config: BrokerConfig) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config)?;
-    refuse_if_served(config.listen, "the client listener")?;
+    if config.roles.broker {
+        refuse_if_served(config.listen, "the client listener")?;
+    }
     if let Some(addr) = config.controller_listen_addr()? {
         refuse_if_served(addr, "the controller listener")?;
     }
@@ -250,14 +252,21 @@ fn start_admin(
     addr
 }
 
-/// On shard 0: load metadata, open every shard's logs, then start every listener. Shard 0
-/// binds first so that a configured port 0 resolves once and every shard shares that port.
+/// On shard 0: load metadata, open every shard's logs, then start every client listener
+/// (none on a controller-only node). Shard 0 binds first so that a configured port 0 resolves once and every shard shares that port.
 async fn bootstrap(shard: &std::rc::Rc<Shard>) -> Result<std::net::SocketAddr> {
     let controller = shard
         .controller
         .clone()
         .expect("shard 0 runs the controller");
     controller.bootstrap(shard).await?;
+    if !shard.config.roles.broker {
+        // A controller-only node serves no clients: its one listener is the controller's.
+        return Ok(shard
+            .config
+            .controller_listen_addr()?
+            .unwrap_or(shard.config.listen));
+    }
     let mut addr = shard.config.listen;
     for target in 0..shard.shard_count() {
         addr = shard

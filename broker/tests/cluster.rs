@@ -602,3 +602,86 @@ fn a_second_process_with_a_running_node_id_is_refused() {
     let _ = twin_child.kill();
     let _ = twin_child.wait();
 }
+
+#[test]
+fn dedicated_controllers_and_brokers_split_the_roles() {
+    // Node 1 is the quorum's only voter and serves no clients; nodes 2 and 3 are brokers
+    // that observe its metadata log.
+    // The voter snapshots after every few hundred bytes, so that a broker (re)starting
+    // gets its image from a snapshot rather than from entries.
+    let mut props = FAST.to_vec();
+    props.push("metadata.log.max.record.bytes.between.snapshots=200");
+    let mut cluster = Cluster::start_roles(&["controller", "broker", "broker"], &props);
+    assert!(
+        std::net::TcpStream::connect(cluster.node(1).client).is_err(),
+        "a controller-only node has no client listener"
+    );
+    for node in [2, 3] {
+        let md = metadata(&mut cluster.client(node), None);
+        let ids: BTreeSet<i32> = md.brokers.iter().map(|b| b.node_id.0).collect();
+        assert_eq!(ids, BTreeSet::from([2, 3]), "brokers seen by node {node}");
+    }
+    // A topic created at a broker is decided by the controller and placed on brokers only.
+    assert_eq!(cluster.client(2).create_topic("split", 4), 0);
+    wait_until("the topic at node 3", Duration::from_secs(10), || {
+        metadata(&mut cluster.client(3), Some("split")).topics[0].error_code == 0
+    });
+    let ls = leaders(&cluster, 3, "split");
+    assert_eq!(
+        ls.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([2, 3]),
+        "{ls:?}"
+    );
+    for (p, leader) in ls.iter().enumerate() {
+        let value = format!("v{p}").into_bytes();
+        let r = cluster.client(*leader).produce(
+            "split",
+            &[(
+                p as i32,
+                batch(std::slice::from_ref(&value), 1, Compression::None),
+            )],
+            -1,
+        );
+        assert_eq!(r[0].1, 0, "produce to partition {p} at {leader}");
+    }
+    // DescribeQuorum asked of a broker names the controller.
+    let d = cluster.describe(2);
+    assert_eq!(d["controller"], 1, "{d}");
+    // A broker killed and restarted catches up from the controller and keeps its data.
+    let p3 = ls.iter().position(|l| *l == 3).unwrap() as i32;
+    cluster.kill9(3);
+    cluster.restart(3);
+    wait_until(
+        "node 3 leads its partition again",
+        Duration::from_secs(30),
+        || leaders(&cluster, 2, "split")[p3 as usize] == 3,
+    );
+    assert!(
+        cluster
+            .log(3)
+            .contains("metadata image taken from a voter's snapshot"),
+        "{}",
+        cluster.log(3)
+    );
+    let recs = cluster.client(3).fetch_all("split", p3);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].value.as_deref(), Some(format!("v{p3}").as_bytes()));
+    // The controller killed and restarted: brokers serve meanwhile, changes resume after.
+    cluster.kill9(1);
+    let p2 = ls.iter().position(|l| *l == 2).unwrap() as i32;
+    let r = cluster.client(2).produce(
+        "split",
+        &[(p2, batch(&[b"during".to_vec()], 1, Compression::None))],
+        -1,
+    );
+    assert_eq!(r[0].1, 0, "produce while the controller is down");
+    cluster.restart(1);
+    wait_until(
+        "a topic created after the controller's restart",
+        Duration::from_secs(30),
+        || cluster.client(3).create_topic("after-restart", 2) == 0,
+    );
+    wait_until("the new topic at node 2", Duration::from_secs(10), || {
+        metadata(&mut cluster.client(2), Some("after-restart")).topics[0].error_code == 0
+    });
+}

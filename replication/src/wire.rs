@@ -24,6 +24,14 @@
 //! | 5 | Heartbeat | broker_id i32, broker_epoch i64, applied_offset u64, shutting_down u8 |
 //! | 6 | Forward | api_key i16, api_version i16, request body (bytes) |
 //! | 7 | Reply | error_code i16, message string, broker_epoch i64, fenced u8, committed_offset u64, body (bytes) |
+//! | 8 | FetchMetadata | after u64, max_wait_ms u32 |
+//! | 9 | MetadataUpdate | leader i32 (-1: unknown), term u64, commit u64, image (bytes; empty: none), entries [index u64, data (bytes)] |
+//!
+//! `FetchMetadata` is a broker-only node's long poll for the committed metadata log after
+//! offset `after` (a KRaft observer's fetch): a voter answers once it has applied more, or
+//! after `max_wait_ms`, with the committed entries in order, or, when it no longer holds
+//! them (snapshotted away), its whole image (`ClusterImage::encode_snapshot`) and the
+//! entries after it.
 //!
 //! `correlation` pairs a reply with its request (Raft frames carry 0 and get no reply).
 
@@ -79,6 +87,17 @@ pub enum PeerMessage {
         committed_offset: u64,
         body: Bytes,
     },
+    FetchMetadata {
+        after: u64,
+        max_wait_ms: u32,
+    },
+    MetadataUpdate {
+        leader: i32,
+        term: u64,
+        commit: u64,
+        image: Bytes,
+        entries: Vec<(u64, Bytes)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +124,8 @@ impl PeerMessage {
             PeerMessage::Heartbeat { .. } => 5,
             PeerMessage::Forward { .. } => 6,
             PeerMessage::Reply { .. } => 7,
+            PeerMessage::FetchMetadata { .. } => 8,
+            PeerMessage::MetadataUpdate { .. } => 9,
         }
     }
 
@@ -116,7 +137,9 @@ impl PeerMessage {
             4 => "Register",
             5 => "Heartbeat",
             6 => "Forward",
-            _ => "Reply",
+            7 => "Reply",
+            8 => "FetchMetadata",
+            _ => "MetadataUpdate",
         }
     }
 }
@@ -188,6 +211,27 @@ pub fn encode(correlation: u32, msg: &PeerMessage) -> Vec<u8> {
             w.extend_from_slice(&committed_offset.to_be_bytes());
             put_bytes(w, body);
         }
+        PeerMessage::FetchMetadata { after, max_wait_ms } => {
+            w.extend_from_slice(&after.to_be_bytes());
+            w.extend_from_slice(&max_wait_ms.to_be_bytes());
+        }
+        PeerMessage::MetadataUpdate {
+            leader,
+            term,
+            commit,
+            image,
+            entries,
+        } => {
+            w.extend_from_slice(&leader.to_be_bytes());
+            w.extend_from_slice(&term.to_be_bytes());
+            w.extend_from_slice(&commit.to_be_bytes());
+            put_bytes(w, image);
+            w.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+            for (index, data) in entries {
+                w.extend_from_slice(&index.to_be_bytes());
+                put_bytes(w, data);
+            }
+        }
     }
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_be_bytes());
@@ -228,7 +272,7 @@ pub fn decode(frame: &[u8]) -> Result<(u32, PeerMessage), WireError> {
         return Err(WireError::Version(version));
     }
     let kind = u16::from_be_bytes([frame[2], frame[3]]);
-    if !(1..=7).contains(&kind) {
+    if !(1..=9).contains(&kind) {
         return Err(WireError::Kind(kind));
     }
     let correlation = u32::from_be_bytes(frame[4..8].try_into().expect("4 bytes"));
@@ -280,7 +324,7 @@ pub fn decode(frame: &[u8]) -> Result<(u32, PeerMessage), WireError> {
             api_version: r.i16()?,
             body: Bytes::copy_from_slice(r.bytes()?),
         },
-        _ => PeerMessage::Reply {
+        7 => PeerMessage::Reply {
             error_code: r.i16()?,
             message: r.str()?,
             broker_epoch: r.i64()?,
@@ -288,6 +332,32 @@ pub fn decode(frame: &[u8]) -> Result<(u32, PeerMessage), WireError> {
             committed_offset: r.u64()?,
             body: Bytes::copy_from_slice(r.bytes()?),
         },
+        8 => PeerMessage::FetchMetadata {
+            after: r.u64()?,
+            max_wait_ms: r.u32()?,
+        },
+        _ => {
+            let leader = r.i32()?;
+            let term = r.u64()?;
+            let commit = r.u64()?;
+            let image = Bytes::copy_from_slice(r.bytes()?);
+            let n = r.u32()? as usize;
+            // Each entry takes at least 12 bytes: no count can make us allocate past input.
+            if n.saturating_mul(12) > r.b.len() {
+                return Err(r.bad());
+            }
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push((r.u64()?, Bytes::copy_from_slice(r.bytes()?)));
+            }
+            PeerMessage::MetadataUpdate {
+                leader,
+                term,
+                commit,
+                image,
+                entries,
+            }
+        }
     };
     if !r.b.is_empty() {
         return Err(r.bad());
@@ -409,6 +479,17 @@ mod tests {
             },
             PeerMessage::HelloRefused {
                 reason: "other cluster".into(),
+            },
+            PeerMessage::FetchMetadata {
+                after: 41,
+                max_wait_ms: 500,
+            },
+            PeerMessage::MetadataUpdate {
+                leader: 2,
+                term: 3,
+                commit: 44,
+                image: Bytes::from_static(b"image"),
+                entries: vec![(42, Bytes::from_static(b"a")), (43, Bytes::new())],
             },
             PeerMessage::Raft(raft_msg),
             PeerMessage::Register {

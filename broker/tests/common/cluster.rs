@@ -10,6 +10,8 @@ use super::Client;
 
 pub struct Node {
     pub id: i32,
+    /// `process.roles`.
+    pub roles: String,
     pub client: SocketAddr,
     pub controller: SocketAddr,
     pub admin: SocketAddr,
@@ -33,12 +35,20 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 impl Cluster {
-    /// Starts `n` nodes with `props` added to each one's properties, and waits until all
-    /// are ready.
+    /// Starts `n` combined nodes with `props` added to each one's properties, and waits
+    /// until all are ready and see every broker unfenced.
     pub fn start(n: usize, props: &[&str]) -> Cluster {
+        Cluster::start_roles(&vec!["broker,controller"; n], props)
+    }
+
+    /// Starts one node per entry of `roles` (its `process.roles`; the nodes with the
+    /// controller role are the voters), and waits as `start` does.
+    pub fn start_roles(roles: &[&str], props: &[&str]) -> Cluster {
+        let n = roles.len();
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(3 * n);
         let voters: Vec<String> = (0..n)
+            .filter(|i| roles[*i].contains("controller"))
             .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[n + i]))
             .collect();
         let voters = voters.join(",");
@@ -48,12 +58,18 @@ impl Cluster {
             let home = dir.path().join(format!("node-{id}"));
             std::fs::create_dir_all(&home).unwrap();
             let (client, controller, admin) = (ports[i], ports[n + i], ports[2 * n + i]);
+            let listeners = match roles[i] {
+                "broker" => format!("PLAINTEXT://127.0.0.1:{client}"),
+                "controller" => format!("CONTROLLER://127.0.0.1:{controller}"),
+                _ => format!("PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}"),
+            };
             let mut text = format!(
-                "node.id={id}\nprocess.roles=broker,controller\n\
+                "node.id={id}\nprocess.roles={}\n\
                  controller.quorum.voters={voters}\ncontroller.listener.names=CONTROLLER\n\
-                 listeners=PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}\n\
+                 listeners={listeners}\n\
                  advertised.listeners=PLAINTEXT://127.0.0.1:{client}\n\
                  log.dirs={}\nsluice.admin.listen=127.0.0.1:{admin}\n",
+                roles[i],
                 home.join("data").display()
             );
             for p in props {
@@ -64,6 +80,7 @@ impl Cluster {
             std::fs::write(&config, text).unwrap();
             nodes.push(Node {
                 id,
+                roles: roles[i].to_string(),
                 client: format!("127.0.0.1:{client}").parse().unwrap(),
                 controller: format!("127.0.0.1:{controller}").parse().unwrap(),
                 admin: format!("127.0.0.1:{admin}").parse().unwrap(),
@@ -82,8 +99,9 @@ impl Cluster {
         }
         // Ready means serving, not yet registered everywhere: a topic created before the
         // controller has seen every broker unfenced would be placed on fewer of them.
+        let brokers = roles.iter().filter(|r| r.contains("broker")).count();
         for i in 1..=n as i32 {
-            c.wait_unfenced(i, n, Duration::from_secs(90));
+            c.wait_unfenced(i, brokers, Duration::from_secs(90));
         }
         c
     }
@@ -149,7 +167,9 @@ impl Cluster {
     fn wait_ready(&mut self, id: i32, before: usize) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if self.ready_lines(id) > before && TcpStream::connect(self.node(id).client).is_ok() {
+            let serving = !self.node(id).roles.contains("broker")
+                || TcpStream::connect(self.node(id).client).is_ok();
+            if self.ready_lines(id) > before && serving {
                 return;
             }
             let n = self.node_mut(id);

@@ -215,6 +215,35 @@ impl QuorumNode {
             .collect()
     }
 
+    /// The entries carrying data with index in `(after, upto]`, in order, up to about
+    /// `max_bytes` (one entry at least), for a metadata observer; `None` when the store no
+    /// longer holds the entries right after `after` (they are in the snapshot).
+    pub fn data_entries(
+        &self,
+        after: u64,
+        upto: u64,
+        max_bytes: usize,
+    ) -> Option<Vec<(u64, Vec<u8>)>> {
+        if after < self.snapshot_index() {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for e in self.raw.store().entries_ref() {
+            if e.index <= after {
+                continue;
+            }
+            if e.index > upto || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                bytes += e.data.len();
+                out.push((e.index, e.data.to_vec()));
+            }
+        }
+        Some(out)
+    }
+
     /// Starts an election now instead of waiting for the election timeout (a quorum of one
     /// has no one to wait for).
     pub fn campaign(&mut self) -> Result<(), QuorumError> {
