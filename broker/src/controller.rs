@@ -532,14 +532,8 @@ impl Controller {
     /// The active controller's answer to a peer's call (registration, heartbeat, forwarded
     /// change); NOT_CONTROLLER with the leader's id when this node is not it.
     pub async fn answer_call(&self, msg: PeerMessage) -> PeerMessage {
-        let reply = |error_code: i16, message: String| PeerMessage::Reply {
-            error_code,
-            message,
-            broker_epoch: -1,
-            fenced: true,
-            committed_offset: 0,
-            body: bytes::Bytes::new(),
-        };
+        let reply = error_reply;
+        let offset = || self.log().map(|l| l.image().offset).unwrap_or(0);
         match msg {
             PeerMessage::Register { record } => match MetadataRecord::decode(&record) {
                 Ok(MetadataRecord::RegisterBroker {
@@ -558,14 +552,7 @@ impl Controller {
                         shards,
                     };
                     match self.register_local(reg).await {
-                        Ok(epoch) => PeerMessage::Reply {
-                            error_code: 0,
-                            message: String::new(),
-                            broker_epoch: epoch,
-                            fenced: true,
-                            committed_offset: epoch as u64,
-                            body: bytes::Bytes::new(),
-                        },
+                        Ok(epoch) => ok_reply(epoch, true, epoch as u64, bytes::Bytes::new()),
                         Err(e) => reply(call_error_code(&e), e.to_string()),
                     }
                 }
@@ -583,14 +570,7 @@ impl Controller {
                 .controlled_shutdown_local(broker_id, broker_epoch)
                 .await
             {
-                Ok(()) => PeerMessage::Reply {
-                    error_code: 0,
-                    message: String::new(),
-                    broker_epoch,
-                    fenced: true,
-                    committed_offset: self.log().map(|l| l.image().offset).unwrap_or(0),
-                    body: bytes::Bytes::new(),
-                },
+                Ok(()) => ok_reply(broker_epoch, true, offset(), bytes::Bytes::new()),
                 Err(e) => reply(call_error_code(&e), e.to_string()),
             },
             PeerMessage::Heartbeat {
@@ -604,14 +584,7 @@ impl Controller {
                     .heartbeat_local(broker_id, broker_epoch, caught_up)
                     .await
                 {
-                    Ok(fenced) => PeerMessage::Reply {
-                        error_code: 0,
-                        message: String::new(),
-                        broker_epoch,
-                        fenced,
-                        committed_offset: self.log().map(|l| l.image().offset).unwrap_or(0),
-                        body: bytes::Bytes::new(),
-                    },
+                    Ok(fenced) => ok_reply(broker_epoch, fenced, offset(), bytes::Bytes::new()),
                     Err(e) => reply(call_error_code(&e), e.to_string()),
                 }
             }
@@ -632,15 +605,8 @@ impl Controller {
                 }
                 let answer = self.execute(call).await;
                 // The caller waits for its own image to reach what this answer saw.
-                let offset = self.log().map(|l| l.image().offset).unwrap_or(0);
-                PeerMessage::Reply {
-                    error_code: 0,
-                    message: String::new(),
-                    broker_epoch: -1,
-                    fenced: false,
-                    committed_offset: offset,
-                    body: serde_json::to_vec(&answer).unwrap_or_default().into(),
-                }
+                let body = serde_json::to_vec(&answer).unwrap_or_default().into();
+                ok_reply(-1, false, offset(), body)
             }
             _ => reply(INVALID_REQUEST, "not a call".into()),
         }
@@ -652,16 +618,7 @@ impl Controller {
     pub async fn serve_metadata_fetch(&self, after: u64, max_wait: Duration) -> PeerMessage {
         let log = match self.log() {
             Ok(Meta::Voter(log)) => log,
-            _ => {
-                return PeerMessage::Reply {
-                    error_code: NOT_CONTROLLER,
-                    message: "this node is not a voter".into(),
-                    broker_epoch: -1,
-                    fenced: true,
-                    committed_offset: 0,
-                    body: bytes::Bytes::new(),
-                }
-            }
+            _ => return error_reply(NOT_CONTROLLER, "this node is not a voter".into()),
         };
         let max_wait = max_wait.min(Duration::from_millis(self.config.quorum_request_timeout_ms));
         let deadline = Instant::now() + max_wait;
@@ -872,17 +829,12 @@ impl Controller {
             }
         };
         let limit = Duration::from_millis(self.config.quorum_request_timeout_ms * 2);
-        let limit = glommio::timer::sleep(limit);
-        match futures::future::select(Box::pin(work), Box::pin(limit)).await {
-            futures::future::Either::Left((Ok(()), _)) => {
-                tracing::info!("controlled shutdown: fenced, leaderships moved")
-            }
-            futures::future::Either::Left((Err(e), _)) => {
+        match crate::peers::within(limit, work).await {
+            Some(Ok(())) => tracing::info!("controlled shutdown: fenced, leaderships moved"),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "controlled shutdown failed; stopping anyway")
             }
-            futures::future::Either::Right(_) => {
-                tracing::warn!("controlled shutdown timed out; stopping anyway")
-            }
+            None => tracing::warn!("controlled shutdown timed out; stopping anyway"),
         }
     }
 
@@ -1483,6 +1435,36 @@ fn mismatch() -> CommitError {
 
 /// Publishes each new image to every shard, in offset order (a slow shard makes later
 /// images wait; images published meanwhile coalesce into the newest).
+/// A call's refusal.
+fn error_reply(error_code: i16, message: String) -> PeerMessage {
+    PeerMessage::Reply {
+        error_code,
+        message,
+        broker_epoch: -1,
+        fenced: true,
+        committed_offset: 0,
+        body: bytes::Bytes::new(),
+    }
+}
+
+/// A call's success: the broker's epoch and state, the committed offset the caller's image
+/// must reach to see what the answer saw, and a body.
+fn ok_reply(
+    broker_epoch: i64,
+    fenced: bool,
+    committed_offset: u64,
+    body: bytes::Bytes,
+) -> PeerMessage {
+    PeerMessage::Reply {
+        error_code: 0,
+        message: String::new(),
+        broker_epoch,
+        fenced,
+        committed_offset,
+        body,
+    }
+}
+
 /// Where this node's metadata comes from: its own Raft log (a voter: `process.roles`
 /// with `controller`), or an observer of the voters' (a broker-only node).
 #[derive(Clone)]

@@ -139,6 +139,15 @@ async fn connect(me: &Identity, addr: &str, expect: Option<i32>) -> Result<TcpSt
     }
 }
 
+/// `fut`'s output if it completes within `limit`.
+pub async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    let sleep = glommio::timer::sleep(limit);
+    match futures::future::select(Box::pin(fut), Box::pin(sleep)).await {
+        futures::future::Either::Left((v, _)) => Some(v),
+        futures::future::Either::Right(_) => None,
+    }
+}
+
 /// One call to the node at `addr`: a request, its reply.
 pub async fn call(me: &Identity, addr: &str, msg: &PeerMessage) -> Result<PeerMessage> {
     let work = async {
@@ -152,10 +161,9 @@ pub async fn call(me: &Identity, addr: &str, msg: &PeerMessage) -> Result<PeerMe
             None => bail!("{addr} closed the connection before replying"),
         }
     };
-    let limit = glommio::timer::sleep(me.timeout * 2);
-    match futures::future::select(Box::pin(work), Box::pin(limit)).await {
-        futures::future::Either::Left((r, _)) => r,
-        futures::future::Either::Right(_) => bail!("call to {addr} timed out"),
+    match within(me.timeout * 2, work).await {
+        Some(r) => r,
+        None => bail!("call to {addr} timed out"),
     }
 }
 
