@@ -315,6 +315,19 @@ fn a_stopped_broker_is_fenced_and_unfenced_when_it_resumes() {
                 .zip(&ls)
                 .all(|(b, l)| if *b == 3 { *l == -1 } else { l == b })
     });
+    // Its partitions answer LEADER_NOT_AVAILABLE with node 3 as an offline replica, as
+    // Kafka's do; the others are untouched.
+    let md = metadata(&mut cluster.client(1), Some("f"));
+    for p in &md.topics[0].partitions {
+        let offline: Vec<i32> = p.offline_replicas.iter().map(|b| b.0).collect();
+        if before[p.partition_index as usize] == 3 {
+            assert_eq!(p.error_code, 5, "partition {}", p.partition_index);
+            assert_eq!(offline, [3], "partition {}", p.partition_index);
+        } else {
+            assert_eq!(p.error_code, 0, "partition {}", p.partition_index);
+            assert!(offline.is_empty(), "partition {}", p.partition_index);
+        }
+    }
     let d = cluster.describe(1);
     let b3 = d["brokers"]
         .as_array()

@@ -104,9 +104,10 @@ fn describe(
         };
         let end = start.saturating_add(remaining);
         let mut t = topic(&name, meta.uuid());
-        t.partitions = partitions(node, meta, start..end)
+        t.partitions = partitions(node, &image, meta, start..end)
             .map(|v| {
                 let mut p = DescribeTopicPartitionsResponsePartition::default();
+                p.error_code = v.error_code;
                 p.partition_index = v.index;
                 p.leader_id = v.leader;
                 p.leader_epoch = v.leader_epoch;
@@ -114,7 +115,7 @@ fn describe(
                 p.isr_nodes = v.isr;
                 p.eligible_leader_replicas = Some(Vec::new());
                 p.last_known_elr = Some(Vec::new());
-                p.offline_replicas = Vec::new();
+                p.offline_replicas = v.offline;
                 p
             })
             .collect();

@@ -15,7 +15,7 @@ use crate::api::RequestContext;
 use crate::controller::TopicSpec;
 use crate::controller_client::ControllerClient;
 use crate::group::OFFSETS_TOPIC;
-use crate::metadata::{topic_name, validate_topic_name, TopicMeta};
+use crate::metadata::{topic_name, validate_topic_name, MetadataImage, TopicMeta};
 
 /// Kafka's "authorized operations not requested" marker.
 pub(super) const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -27,6 +27,11 @@ pub(super) struct PartitionView {
     pub leader_epoch: i32,
     pub replicas: Vec<BrokerId>,
     pub isr: Vec<BrokerId>,
+    /// Replicas on brokers that are fenced or not registered (Kafka's offline replicas).
+    pub offline: Vec<BrokerId>,
+    /// LEADER_NOT_AVAILABLE when the partition has no leader (its broker fenced), as Kafka
+    /// answers; 0 otherwise.
+    pub error_code: i16,
 }
 
 /// The partitions `indexes` of a topic (those past its partition count are left out), with
@@ -35,6 +40,7 @@ pub(super) struct PartitionView {
 /// partition's data carries.
 pub(super) fn partitions<'a>(
     node: BrokerId,
+    image: &'a MetadataImage,
     meta: &'a TopicMeta,
     indexes: std::ops::Range<usize>,
 ) -> impl Iterator<Item = PartitionView> + 'a {
@@ -48,16 +54,29 @@ pub(super) fn partitions<'a>(
                 v.iter().map(|b| BrokerId(*b)).collect()
             }
         };
+        let leader = if p.replicas.is_empty() {
+            node
+        } else {
+            BrokerId(p.leader)
+        };
+        let offline = p
+            .replicas
+            .iter()
+            .filter(|b| image.brokers.get(b).is_none_or(|b| b.fenced))
+            .map(|b| BrokerId(*b))
+            .collect();
         PartitionView {
             index: i as i32,
-            leader: if p.replicas.is_empty() {
-                node
-            } else {
-                BrokerId(p.leader)
-            },
+            leader,
             leader_epoch: 0,
             replicas: ids(&p.replicas),
             isr: ids(&p.isr),
+            offline,
+            error_code: if leader.0 < 0 {
+                ResponseError::LeaderNotAvailable.code()
+            } else {
+                0
+            },
         }
     })
 }
@@ -117,9 +136,11 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest) -> MetadataRespo
         t.topic_id = meta.uuid();
         t.topic_authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
         t.is_internal = name == OFFSETS_TOPIC;
-        t.partitions = partitions(node, meta, 0..meta.partitions.len())
+        t.partitions = partitions(node, &image, meta, 0..meta.partitions.len())
             .map(|v| {
                 let mut p = MetadataResponsePartition::default();
+                p.error_code = v.error_code;
+                p.offline_replicas = v.offline;
                 p.partition_index = v.index;
                 p.leader_id = v.leader;
                 p.leader_epoch = v.leader_epoch;
