@@ -104,7 +104,7 @@ fn describe(
         };
         let end = start.saturating_add(remaining);
         let mut t = topic(&name, meta.uuid());
-        t.partitions = partitions(node, &image, meta, start..end)
+        t.partitions = partitions(node, image, meta, start..end)
             .map(|v| {
                 let mut p = DescribeTopicPartitionsResponsePartition::default();
                 p.error_code = v.error_code;
