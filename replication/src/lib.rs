@@ -30,6 +30,7 @@ use storage::{AppendInfo, GroupCommit, Log, LogConfig, Offset, StorageError};
 
 pub mod metadata;
 pub mod quorum;
+pub mod replica;
 pub mod wire;
 
 /// Kafka's leader epoch: bumped on every leadership change of a partition.
