@@ -76,6 +76,30 @@ pub enum ControllerError {
     InvalidReplicationFactor { requested: i16, available: usize },
     #[error("no broker runs shard index {0}")]
     NoCommonShard(usize),
+    #[error("unknown partition {partition} of topic id {topic}")]
+    UnknownPartition { topic: TopicId, partition: i32 },
+    #[error("broker {broker} does not lead this partition (leader {leader})")]
+    NotLeader { broker: i32, leader: i32 },
+    #[error("leader epoch {got} is stale (current {current})")]
+    FencedLeaderEpoch { got: i32, current: i32 },
+    #[error("partition epoch {got} is not the current {current}: the ISR changed since")]
+    InvalidUpdateVersion { got: i32, current: i32 },
+    #[error("replica {0} cannot join the ISR (not a replica, or its broker is fenced)")]
+    IneligibleReplica(i32),
+    #[error("the ISR must hold the leader {0}")]
+    LeaderNotInIsr(i32),
+}
+
+/// An ISR change a partition's leader asks for (Kafka's AlterPartition), made against
+/// the leader and partition epochs it last saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterPartition {
+    pub topic_id: TopicId,
+    pub partition: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
 }
 
 /// What a heartbeat answers a broker.
@@ -304,6 +328,74 @@ impl Controller {
 }
 
 impl Controller {
+    /// The record for a leader's ISR change, checked as Kafka's controller checks it: the
+    /// sender leads the partition at the current leader epoch, the change is based on the
+    /// current partition epoch (so a stale change is refused), the ISR holds the leader and
+    /// only replicas, and a replica joining it is on an unfenced broker. The ISR applies
+    /// with the partition epoch bumped by one.
+    pub fn alter_partition(
+        &self,
+        image: &ClusterImage,
+        req: &AlterPartition,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let p = image
+            .topics
+            .get(&req.topic_id)
+            .and_then(|t| t.partitions.get(usize::try_from(req.partition).ok()?))
+            .ok_or(ControllerError::UnknownPartition {
+                topic: req.topic_id,
+                partition: req.partition,
+            })?;
+        if req.leader_epoch < p.leader_epoch {
+            return Err(ControllerError::FencedLeaderEpoch {
+                got: req.leader_epoch,
+                current: p.leader_epoch,
+            });
+        }
+        if req.leader != p.leader || req.leader_epoch != p.leader_epoch {
+            return Err(ControllerError::NotLeader {
+                broker: req.leader,
+                leader: p.leader,
+            });
+        }
+        if req.partition_epoch != p.partition_epoch {
+            return Err(ControllerError::InvalidUpdateVersion {
+                got: req.partition_epoch,
+                current: p.partition_epoch,
+            });
+        }
+        let mut isr = req.isr.clone();
+        isr.sort_unstable();
+        isr.dedup();
+        if !isr.contains(&req.leader) {
+            return Err(ControllerError::LeaderNotInIsr(req.leader));
+        }
+        for r in &isr {
+            let joins = !p.isr.contains(r);
+            let unfenced = image.brokers.get(r).is_some_and(|b| !b.fenced);
+            if !p.replicas.contains(r) || (joins && !unfenced) {
+                return Err(ControllerError::IneligibleReplica(*r));
+            }
+        }
+        // Keep the replicas' order for the members, as Kafka lists them.
+        let isr: Vec<i32> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| isr.contains(r))
+            .collect();
+        if isr == p.isr {
+            return Ok(Vec::new());
+        }
+        Ok(vec![MetadataRecord::PartitionChange {
+            topic_id: req.topic_id,
+            partition: req.partition,
+            leader: LEADER_UNCHANGED,
+            isr: Some(isr),
+            replicas: None,
+        }])
+    }
+
     /// The records that raise `topic_id`'s partition count to `count`, the new partitions
     /// placed like a new topic's (with the replication factor of its first partition).
     pub fn add_partitions(
@@ -700,6 +792,82 @@ mod tests {
         assert_eq!(
             fresh.register(&CONFIG, &image, again, 2000),
             Err(ControllerError::DuplicateBrokerId { broker_id: 2 })
+        );
+    }
+
+    #[test]
+    fn alter_partition_refuses_stale_and_ineligible_changes() {
+        let (mut image, mut c) = cluster([None, None, None], [1, 1, 1]);
+        let t = new_topic("t", 9, 1, 3);
+        let r = c.create_topic(&CONFIG, &image, &t).unwrap();
+        commit(&mut image, r);
+        let p = image.topics[&t.topic_id].partitions[0].clone();
+        assert_eq!(p.isr, [1, 2, 3]);
+        let req = |isr: &[i32], leader: i32, le: i32, pe: i32| AlterPartition {
+            topic_id: t.topic_id,
+            partition: 0,
+            leader,
+            leader_epoch: le,
+            partition_epoch: pe,
+            isr: isr.to_vec(),
+        };
+        let (l, le, pe) = (p.leader, p.leader_epoch, p.partition_epoch);
+        let other = p.replicas.iter().copied().find(|r| *r != l).unwrap();
+        let without: Vec<i32> = p.isr.iter().copied().filter(|r| *r != other).collect();
+        // A shrink from the leader at the current epochs commits, bumping the partition epoch.
+        let r = c
+            .alter_partition(&image, &req(&without, l, le, pe))
+            .unwrap();
+        commit(&mut image, r);
+        let now = image.topics[&t.topic_id].partitions[0].clone();
+        assert_eq!(now.isr, without);
+        assert_eq!(now.partition_epoch, pe + 1);
+        assert_eq!(now.leader_epoch, le, "an ISR change keeps the leader epoch");
+        // The same change again is stale: its partition epoch is the old one.
+        assert_eq!(
+            c.alter_partition(&image, &req(&without, l, le, pe)),
+            Err(ControllerError::InvalidUpdateVersion {
+                got: pe,
+                current: pe + 1
+            })
+        );
+        // Not the leader, an old leader epoch, no leader in the ISR, a stranger.
+        assert!(matches!(
+            c.alter_partition(&image, &req(&p.isr, other, le, pe + 1)),
+            Err(ControllerError::NotLeader { .. })
+        ));
+        assert!(matches!(
+            c.alter_partition(&image, &req(&p.isr, l, le - 1, pe + 1)),
+            Err(ControllerError::FencedLeaderEpoch { .. })
+        ));
+        assert_eq!(
+            c.alter_partition(&image, &req(&[other], l, le, pe + 1)),
+            Err(ControllerError::LeaderNotInIsr(l))
+        );
+        assert_eq!(
+            c.alter_partition(&image, &req(&[l, 7], l, le, pe + 1)),
+            Err(ControllerError::IneligibleReplica(7))
+        );
+        // A fenced broker cannot rejoin; once unfenced it can.
+        let epoch = image.brokers[&other].epoch;
+        let r = c.controlled_shutdown(&image, other, epoch).unwrap();
+        commit(&mut image, r);
+        let pe = image.topics[&t.topic_id].partitions[0].partition_epoch;
+        assert_eq!(
+            c.alter_partition(&image, &req(&p.isr, l, le, pe)),
+            Err(ControllerError::IneligibleReplica(other))
+        );
+        let (r, _) = c.heartbeat(&image, other, epoch, true, 1).unwrap();
+        commit(&mut image, r);
+        let pe = image.topics[&t.topic_id].partitions[0].partition_epoch;
+        let r = c.alter_partition(&image, &req(&p.isr, l, le, pe)).unwrap();
+        commit(&mut image, r);
+        assert_eq!(image.topics[&t.topic_id].partitions[0].isr, p.isr);
+        // The unchanged ISR asks for nothing.
+        let pe = image.topics[&t.topic_id].partitions[0].partition_epoch;
+        assert_eq!(
+            c.alter_partition(&image, &req(&p.isr, l, le, pe)),
+            Ok(Vec::new())
         );
     }
 }
