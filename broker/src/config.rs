@@ -131,6 +131,9 @@ pub struct BrokerConfig {
     pub controller_listen: Option<SocketAddr>,
     /// `broker.rack`.
     pub rack: Option<String>,
+    /// `unclean.leader.election.enable` (false): the controller may elect a replica outside
+    /// the ISR when no ISR member is alive (topics may override it).
+    pub unclean_leader_election: bool,
     /// `broker.heartbeat.interval.ms` (2000).
     pub broker_heartbeat_interval_ms: u64,
     /// `broker.session.timeout.ms` (9000): a broker not heard from for this long is fenced.
@@ -205,6 +208,7 @@ impl Default for BrokerConfig {
             quorum_voters: Vec::new(),
             controller_listener_names: vec!["CONTROLLER".into()],
             controller_listen: None,
+            unclean_leader_election: false,
             rack: None,
             broker_heartbeat_interval_ms: 2_000,
             broker_session_timeout_ms: 9_000,
@@ -329,6 +333,9 @@ impl BrokerConfig {
             match key.as_str() {
                 "listeners" => listeners = Some(value.clone()),
                 "process.roles" => self.roles = parse_roles(value)?,
+                "unclean.leader.election.enable" => {
+                    self.unclean_leader_election = parse(key, value)?
+                }
                 "controller.quorum.voters" => {
                     self.quorum_voters = replication::quorum::voters::parse_voters(value)
                         .map_err(|e| anyhow::anyhow!("controller.quorum.voters: {e}"))?

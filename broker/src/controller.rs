@@ -227,6 +227,7 @@ impl Controller {
         ControllerConfig {
             session_timeout_ms: self.config.broker_session_timeout_ms,
             max_replication_factor: 1,
+            unclean_leader_election: self.config.unclean_leader_election,
         }
     }
 
@@ -789,9 +790,10 @@ impl Controller {
         epoch: i64,
         caught_up: bool,
     ) -> Result<bool, CommitError> {
+        let cfg = self.decisions_config();
         let (r, _) = self
             .mutate(
-                |image, d, now| match d.heartbeat(image, id, epoch, caught_up, now) {
+                |image, d, now| match d.heartbeat(&cfg, image, id, epoch, caught_up, now) {
                     Ok((records, reply)) => (records, Ok(reply)),
                     Err(e) => (Vec::new(), Err(e)),
                 },
@@ -839,9 +841,10 @@ impl Controller {
     }
 
     async fn controlled_shutdown_local(&self, id: i32, epoch: i64) -> Result<(), CommitError> {
+        let cfg = self.decisions_config();
         let (r, _) = self
             .mutate(
-                |image, d, _| match d.controlled_shutdown(image, id, epoch) {
+                |image, d, _| match d.controlled_shutdown(&cfg, image, id, epoch) {
                     Ok(records) => (records, Ok(())),
                     Err(e) => (Vec::new(), Err(e)),
                 },

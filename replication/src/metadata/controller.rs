@@ -31,6 +31,25 @@ pub struct ControllerConfig {
     pub session_timeout_ms: u64,
     /// Replication factors above 1 are refused until partition replication exists.
     pub max_replication_factor: usize,
+    /// `unclean.leader.election.enable` (false): with no ISR member alive, elect another
+    /// live replica (losing what only the ISR had) instead of leaving the partition
+    /// offline. A topic's own config overrides it.
+    pub unclean_leader_election: bool,
+}
+
+/// The topic config that overrides [`ControllerConfig::unclean_leader_election`].
+pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
+
+fn unclean_allowed(config: &ControllerConfig, topic: &super::image::TopicInfo) -> bool {
+    match topic
+        .configs
+        .get(UNCLEAN_LEADER_ELECTION)
+        .map(String::as_str)
+    {
+        Some("true") => true,
+        Some("false") => false,
+        _ => config.unclean_leader_election,
+    }
 }
 
 /// A broker's registration request.
@@ -155,7 +174,7 @@ impl Controller {
         let mut records = Vec::new();
         // A re-registration fences the old incarnation's leaderships first.
         if image.brokers.contains_key(&reg.broker_id) {
-            records.extend(self.leaderships_moved_from(image, reg.broker_id));
+            records.extend(self.leaderships_moved_from(config, image, reg.broker_id));
         }
         records.push(MetadataRecord::RegisterBroker {
             broker_id: reg.broker_id,
@@ -173,6 +192,7 @@ impl Controller {
     /// committed offset, so it may be unfenced.
     pub fn heartbeat(
         &mut self,
+        config: &ControllerConfig,
         image: &ClusterImage,
         broker_id: i32,
         broker_epoch: i64,
@@ -187,7 +207,7 @@ impl Controller {
                 broker_id,
                 broker_epoch,
             }];
-            records.extend(self.leaderships_restored_to(image, broker_id));
+            records.extend(self.leaderships_restored_to(config, image, broker_id));
             return Ok((records, HeartbeatReply { fenced: false }));
         }
         Ok((Vec::new(), HeartbeatReply { fenced: b.fenced }))
@@ -209,7 +229,7 @@ impl Controller {
                     broker_id: *id,
                     broker_epoch: b.epoch,
                 });
-                records.extend(self.leaderships_moved_from(image, *id));
+                records.extend(self.leaderships_moved_from(config, image, *id));
             }
         }
         records
@@ -218,6 +238,7 @@ impl Controller {
     /// A broker shutting down in an orderly way (SIGTERM): fenced at once, leaderships moved.
     pub fn controlled_shutdown(
         &mut self,
+        config: &ControllerConfig,
         image: &ClusterImage,
         broker_id: i32,
         broker_epoch: i64,
@@ -230,11 +251,16 @@ impl Controller {
                 broker_epoch,
             });
         }
-        records.extend(self.leaderships_moved_from(image, broker_id));
+        records.extend(self.leaderships_moved_from(config, image, broker_id));
         Ok(records)
     }
 
-    fn leaderships_moved_from(&self, image: &ClusterImage, gone: i32) -> Vec<MetadataRecord> {
+    fn leaderships_moved_from(
+        &self,
+        config: &ControllerConfig,
+        image: &ClusterImage,
+        gone: i32,
+    ) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
         let usable = |b: i32| b != gone && image.brokers.get(&b).is_some_and(|x| !x.fenced);
         for (id, t) in &image.topics {
@@ -245,9 +271,20 @@ impl Controller {
                 }
                 let rest: Vec<i32> = p.isr.iter().copied().filter(|b| *b != gone).collect();
                 // The last ISR member stays in the ISR (it has everything), leaderless.
-                let isr = if rest.is_empty() { p.isr.clone() } else { rest };
+                let mut isr = if rest.is_empty() { p.isr.clone() } else { rest };
                 let leader = if p.leader == gone {
-                    isr.iter().copied().find(|b| usable(*b)).unwrap_or(-1)
+                    match isr.iter().copied().find(|b| usable(*b)) {
+                        Some(b) => b,
+                        // No ISR member alive: unclean election, if allowed, takes another
+                        // live replica as the only member (what it lacks is lost).
+                        None => match p.replicas.iter().copied().find(|b| usable(*b)) {
+                            Some(b) if unclean_allowed(config, t) => {
+                                isr = vec![b];
+                                b
+                            }
+                            _ => -1,
+                        },
+                    }
                 } else {
                     LEADER_UNCHANGED
                 };
@@ -266,19 +303,34 @@ impl Controller {
         records
     }
 
-    fn leaderships_restored_to(&self, image: &ClusterImage, back: i32) -> Vec<MetadataRecord> {
+    fn leaderships_restored_to(
+        &self,
+        config: &ControllerConfig,
+        image: &ClusterImage,
+        back: i32,
+    ) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
         for (id, t) in &image.topics {
             for (i, p) in t.partitions.iter().enumerate() {
-                if p.leader == -1 && p.isr.contains(&back) {
-                    records.push(MetadataRecord::PartitionChange {
-                        topic_id: *id,
-                        partition: i as i32,
-                        leader: back,
-                        isr: None,
-                        replicas: None,
-                    });
+                if p.leader != -1 || !p.replicas.contains(&back) {
+                    continue;
                 }
+                // An ISR member returning leads again; another replica only by an unclean
+                // election, as the only member.
+                let isr = if p.isr.contains(&back) {
+                    None
+                } else if unclean_allowed(config, t) {
+                    Some(vec![back])
+                } else {
+                    continue;
+                };
+                records.push(MetadataRecord::PartitionChange {
+                    topic_id: *id,
+                    partition: i as i32,
+                    leader: back,
+                    isr,
+                    replicas: None,
+                });
             }
         }
         records
@@ -562,6 +614,7 @@ mod tests {
     const CONFIG: ControllerConfig = ControllerConfig {
         session_timeout_ms: 9000,
         max_replication_factor: 3,
+        unclean_leader_election: false,
     };
 
     fn reg(id: i32, rack: Option<&str>, shards: u32) -> Registration {
@@ -592,7 +645,9 @@ mod tests {
                 .unwrap();
             commit(&mut image, r);
             let epoch = image.brokers[&(i as i32 + 1)].epoch;
-            let (r, reply) = c.heartbeat(&image, i as i32 + 1, epoch, true, 0).unwrap();
+            let (r, reply) = c
+                .heartbeat(&CONFIG, &image, i as i32 + 1, epoch, true, 0)
+                .unwrap();
             assert!(!reply.fenced);
             commit(&mut image, r);
         }
@@ -676,6 +731,7 @@ mod tests {
         let (mut image, c) = cluster([None, None, None], [1, 1, 1]);
         let one = ControllerConfig {
             max_replication_factor: 1,
+            unclean_leader_election: false,
             ..CONFIG
         };
         assert!(matches!(
@@ -718,7 +774,7 @@ mod tests {
         for t in [3000, 6000, 9000] {
             for b in [1, 2] {
                 let e = image.brokers[&b].epoch;
-                let (r, _) = c.heartbeat(&image, b, e, true, t).unwrap();
+                let (r, _) = c.heartbeat(&CONFIG, &image, b, e, true, t).unwrap();
                 commit(&mut image, r);
             }
         }
@@ -751,16 +807,16 @@ mod tests {
         let r = c.register(&CONFIG, &image, again, 21_000).unwrap();
         commit(&mut image, r);
         let e = image.brokers[&3].epoch;
-        let (r, reply) = c.heartbeat(&image, 3, e, false, 21_100).unwrap();
+        let (r, reply) = c.heartbeat(&CONFIG, &image, 3, e, false, 21_100).unwrap();
         assert!(r.is_empty() && reply.fenced, "not caught up: stays fenced");
-        let (r, reply) = c.heartbeat(&image, 3, e, true, 21_200).unwrap();
+        let (r, reply) = c.heartbeat(&CONFIG, &image, 3, e, true, 21_200).unwrap();
         assert!(!reply.fenced);
         commit(&mut image, r);
         let t = image.topic("t").unwrap().1;
         assert!(t.partitions.iter().all(|p| p.leader != -1));
         // The previous incarnation's epoch is refused.
         assert!(matches!(
-            c.heartbeat(&image, 3, e - 1, true, 21_300),
+            c.heartbeat(&CONFIG, &image, 3, e - 1, true, 21_300),
             Err(ControllerError::StaleBrokerEpoch { .. })
         ));
     }
@@ -850,14 +906,16 @@ mod tests {
         );
         // A fenced broker cannot rejoin; once unfenced it can.
         let epoch = image.brokers[&other].epoch;
-        let r = c.controlled_shutdown(&image, other, epoch).unwrap();
+        let r = c
+            .controlled_shutdown(&CONFIG, &image, other, epoch)
+            .unwrap();
         commit(&mut image, r);
         let pe = image.topics[&t.topic_id].partitions[0].partition_epoch;
         assert_eq!(
             c.alter_partition(&image, &req(&p.isr, l, le, pe)),
             Err(ControllerError::IneligibleReplica(other))
         );
-        let (r, _) = c.heartbeat(&image, other, epoch, true, 1).unwrap();
+        let (r, _) = c.heartbeat(&CONFIG, &image, other, epoch, true, 1).unwrap();
         commit(&mut image, r);
         let pe = image.topics[&t.topic_id].partitions[0].partition_epoch;
         let r = c.alter_partition(&image, &req(&p.isr, l, le, pe)).unwrap();
@@ -868,6 +926,86 @@ mod tests {
         assert_eq!(
             c.alter_partition(&image, &req(&p.isr, l, le, pe)),
             Ok(Vec::new())
+        );
+    }
+
+    #[test]
+    fn with_no_isr_member_alive_only_an_unclean_election_brings_a_leader() {
+        for unclean in [false, true] {
+            let (mut image, mut c) = cluster([None, None, None], [1, 1, 1]);
+            let mut t = new_topic("u", 4, 1, 3);
+            if unclean {
+                t.configs
+                    .insert(UNCLEAN_LEADER_ELECTION.into(), "true".into());
+            }
+            let r = c.create_topic(&CONFIG, &image, &t).unwrap();
+            commit(&mut image, r);
+            let p = image.topics[&t.topic_id].partitions[0].clone();
+            // The ISR shrinks to the leader alone, then the leader's broker goes.
+            let req = AlterPartition {
+                topic_id: t.topic_id,
+                partition: 0,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![p.leader],
+            };
+            let r = c.alter_partition(&image, &req).unwrap();
+            commit(&mut image, r);
+            let epoch = image.brokers[&p.leader].epoch;
+            let r = c
+                .controlled_shutdown(&CONFIG, &image, p.leader, epoch)
+                .unwrap();
+            commit(&mut image, r);
+            let now = image.topics[&t.topic_id].partitions[0].clone();
+            if unclean {
+                assert!(now.leader >= 0 && now.leader != p.leader, "{now:?}");
+                assert_eq!(now.isr, [now.leader], "the new leader is the only member");
+                assert_eq!(now.leader_epoch, p.leader_epoch + 1);
+            } else {
+                assert_eq!(now.leader, -1, "offline: {now:?}");
+                assert_eq!(now.isr, [p.leader], "the last member keeps its place");
+            }
+        }
+        // An offline partition whose returning broker is not in the ISR: led again only
+        // with unclean election (here from the broker default).
+        let config = ControllerConfig {
+            unclean_leader_election: true,
+            ..CONFIG
+        };
+        let (mut image, mut c) = cluster([None, None, None], [1, 1, 1]);
+        let t = new_topic("v", 5, 1, 2);
+        let r = c.create_topic(&config, &image, &t).unwrap();
+        commit(&mut image, r);
+        let p = image.topics[&t.topic_id].partitions[0].clone();
+        let follower = p.replicas[1];
+        let e_follower = image.brokers[&follower].epoch;
+        // The follower leaves (ISR = leader), then the leader too: offline by now, since the
+        // follower is down when the leader goes.
+        let r = c
+            .controlled_shutdown(&config, &image, follower, e_follower)
+            .unwrap();
+        commit(&mut image, r);
+        let e_leader = image.brokers[&p.leader].epoch;
+        let r = c
+            .controlled_shutdown(&config, &image, p.leader, e_leader)
+            .unwrap();
+        commit(&mut image, r);
+        assert_eq!(image.topics[&t.topic_id].partitions[0].leader, -1);
+        let (r, _) = c
+            .heartbeat(&config, &image, follower, e_follower, true, 5)
+            .unwrap();
+        commit(&mut image, r);
+        let now = image.topics[&t.topic_id].partitions[0].clone();
+        assert_eq!(now.leader, follower, "{now:?}");
+        assert_eq!(now.isr, [follower]);
+        let (r, _) = c
+            .heartbeat(&CONFIG, &image, p.leader, e_leader, true, 6)
+            .unwrap();
+        commit(&mut image, r);
+        assert_eq!(
+            image.topics[&t.topic_id].partitions[0].leader, follower,
+            "the old leader returns as a follower"
         );
     }
 }

@@ -436,6 +436,7 @@ impl Sim {
         let config = ControllerConfig {
             session_timeout_ms: 50,
             max_replication_factor: 3,
+            unclean_leader_election: false,
         };
         let term = self.voters[i].node.as_ref().unwrap().term();
         let image = self.voters[i].machine.image.clone();
@@ -477,7 +478,7 @@ impl Sim {
                 )
             }
             1 | 2 => d
-                .heartbeat(&image, broker, epoch, caught_up, now)
+                .heartbeat(&config, &image, broker, epoch, caught_up, now)
                 .map(|(records, _)| records),
             3 => Ok(d.expire_sessions(&config, &image, now)),
             4 => {
@@ -495,7 +496,7 @@ impl Sim {
                     },
                 )
             }
-            _ => d.controlled_shutdown(&image, broker, epoch),
+            _ => d.controlled_shutdown(&config, &image, broker, epoch),
         };
         r.unwrap_or_default()
     }
