@@ -18,7 +18,7 @@
 //!      |  visible to consumers  |  durable here only  | written, syncing |
 //! ```
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
@@ -119,10 +119,49 @@ pub struct Partition {
     topic: String,
     index: i32,
     log: Rc<Log>,
-    leader_epoch: LeaderEpoch,
-    leader: BrokerId,
+    /// This node.
+    me: BrokerId,
+    leader_epoch: Cell<LeaderEpoch>,
+    leader: Cell<BrokerId>,
+    role: RefCell<Role>,
     /// Offset below which records are visible; only moves forward.
     high_watermark: Cell<Offset>,
+    /// Notified when the high watermark may have moved for another reason than this
+    /// node's own durability (a follower's fetch, a leader's answer).
+    visible: Rc<event_listener::Event>,
+}
+
+/// What this replica is for its current leader epoch.
+enum Role {
+    /// The leader, with what it knows of its followers.
+    Leader(replica::LeaderState),
+    /// A follower of `leader`, which last reported this high watermark.
+    Follower { leader_high_watermark: Offset },
+}
+
+/// Why a follower's fetch is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaFetchError {
+    /// NOT_LEADER_OR_FOLLOWER: this replica does not lead.
+    NotLeader,
+    /// FENCED_LEADER_EPOCH: the follower knows an older epoch than this leader's.
+    FencedLeaderEpoch,
+    /// UNKNOWN_LEADER_EPOCH: the follower knows a newer one (this node has not seen it).
+    UnknownLeaderEpoch,
+    /// The follower is not a replica of this partition.
+    NotReplica,
+}
+
+/// The leader's answer to a follower's fetch, before reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaFetch {
+    /// Read from the fetch offset (up to the log end); the high watermark to report.
+    Read { high_watermark: Offset },
+    /// The follower's log diverged: it truncates first (no records).
+    Diverging {
+        diverging: replica::DivergingEpoch,
+        high_watermark: Offset,
+    },
 }
 
 impl Partition {
@@ -139,14 +178,197 @@ impl Partition {
     ) -> Result<Partition, StorageError> {
         let log = Log::open(dir, config, commit).await?;
         let high_watermark = Cell::new(log.durable_offset());
+        let me = leader;
+        let state = replica::LeaderState::new(
+            replica::Leadership {
+                me,
+                epoch: leader_epoch,
+                replicas: &[me],
+                isr: &[me],
+            },
+            log.log_end_offset(),
+            log.durable_offset(),
+            u64::MAX,
+            0,
+        );
         Ok(Partition {
             topic: topic.to_owned(),
             index,
             log,
-            leader_epoch,
-            leader,
+            me,
+            leader_epoch: Cell::new(leader_epoch),
+            leader: Cell::new(leader),
+            role: RefCell::new(Role::Leader(state)),
             high_watermark,
+            visible: Rc::new(event_listener::Event::new()),
         })
+    }
+
+    /// Leads the partition from now on, for `lead.epoch`, with the committed replicas and
+    /// ISR; a follower's fetches older than `lag_max_ms` count as lagging. The high
+    /// watermark stays where it was and moves on as followers fetch.
+    pub fn become_leader(&self, lead: replica::Leadership<'_>, lag_max_ms: u64, now_ms: u64) {
+        let state = replica::LeaderState::new(
+            lead,
+            self.log.log_end_offset(),
+            self.high_watermark.get(),
+            lag_max_ms,
+            now_ms,
+        );
+        self.leader_epoch.set(lead.epoch);
+        self.leader.set(self.me);
+        *self.role.borrow_mut() = Role::Leader(state);
+        self.visible.notify(usize::MAX);
+    }
+
+    /// Follows `leader` at `epoch` from now on: appends only what it replicates, and sees
+    /// up to the high watermark the leader reports.
+    pub fn become_follower(&self, leader: BrokerId, epoch: LeaderEpoch) {
+        self.leader_epoch.set(epoch);
+        self.leader.set(leader);
+        *self.role.borrow_mut() = Role::Follower {
+            leader_high_watermark: self.high_watermark.get(),
+        };
+        self.visible.notify(usize::MAX);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        matches!(*self.role.borrow(), Role::Leader(_))
+    }
+
+    /// The ISR as the controller last committed it (the leader's view; a follower answers
+    /// nothing).
+    pub fn committed_isr(&self) -> Vec<BrokerId> {
+        match &*self.role.borrow() {
+            Role::Leader(l) => l.isr().iter().copied().collect(),
+            Role::Follower { .. } => Vec::new(),
+        }
+    }
+
+    /// On the leader: a follower's fetch at `fetch_offset` (everything below it durable on
+    /// the follower) whose last batch has `last_fetched_epoch`, made knowing
+    /// `current_epoch` (-1: unknown). Records the follower's progress, moves the high
+    /// watermark, and says what to send.
+    pub fn replica_fetch(
+        &self,
+        follower: BrokerId,
+        current_epoch: i32,
+        fetch_offset: Offset,
+        last_fetched_epoch: Option<LeaderEpoch>,
+        now_ms: u64,
+    ) -> Result<ReplicaFetch, ReplicaFetchError> {
+        let epoch = self.leader_epoch.get();
+        {
+            let role = self.role.borrow();
+            if !matches!(*role, Role::Leader(_)) {
+                return Err(ReplicaFetchError::NotLeader);
+            }
+        }
+        if current_epoch >= 0 && current_epoch < epoch.0 {
+            return Err(ReplicaFetchError::FencedLeaderEpoch);
+        }
+        if current_epoch > epoch.0 {
+            return Err(ReplicaFetchError::UnknownLeaderEpoch);
+        }
+        let leader_end = self.log.log_end_offset();
+        if let Some(diverging) = replica::check_divergence(
+            |e| self.log.end_offset_for_epoch(e),
+            fetch_offset,
+            last_fetched_epoch,
+        ) {
+            return Ok(ReplicaFetch::Diverging {
+                diverging,
+                high_watermark: self.high_watermark(),
+            });
+        }
+        let moved = {
+            let mut role = self.role.borrow_mut();
+            let Role::Leader(state) = &mut *role else {
+                return Err(ReplicaFetchError::NotLeader);
+            };
+            if !state.on_fetch(follower, fetch_offset, leader_end, now_ms) {
+                return Err(ReplicaFetchError::NotReplica);
+            }
+            let before = self.high_watermark.get();
+            let hw = state.update_high_watermark(self.log.durable_offset());
+            if hw > before {
+                self.high_watermark.set(hw);
+            }
+            hw > before
+        };
+        if moved {
+            self.visible.notify(usize::MAX);
+        }
+        Ok(ReplicaFetch::Read {
+            high_watermark: self.high_watermark(),
+        })
+    }
+
+    /// On a follower: the high watermark its leader reported.
+    pub fn set_leader_high_watermark(&self, hw: Offset) {
+        if let Role::Follower {
+            leader_high_watermark,
+        } = &mut *self.role.borrow_mut()
+        {
+            if hw > *leader_high_watermark {
+                *leader_high_watermark = hw;
+            }
+        }
+        self.visible.notify(usize::MAX);
+    }
+
+    /// On the leader: the ISR change to propose to the controller now, if any.
+    pub fn isr_change(&self, now_ms: u64) -> Option<replica::IsrChange> {
+        match &*self.role.borrow() {
+            Role::Leader(l) => l.isr_change(now_ms),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    /// On the leader: `change` was sent to the controller.
+    pub fn isr_proposed(&self, change: &replica::IsrChange) {
+        if let Role::Leader(l) = &mut *self.role.borrow_mut() {
+            l.propose(change);
+        }
+    }
+
+    /// On the leader: the controller's answer to the change in flight (`None`: refused).
+    pub fn isr_committed(&self, isr: Option<&[BrokerId]>) {
+        if let Role::Leader(l) = &mut *self.role.borrow_mut() {
+            l.isr_committed(isr);
+        }
+        self.visible.notify(usize::MAX);
+    }
+
+    /// acks=all before an append: NOT_ENOUGH_REPLICAS when the ISR is below `min_isr`.
+    pub fn check_acks_all(&self, min_isr: usize) -> Result<(), replica::AcksError> {
+        match &*self.role.borrow() {
+            Role::Leader(l) => l.check_before_append(min_isr),
+            Role::Follower { .. } => Ok(()),
+        }
+    }
+
+    /// acks=all after an append: waits until the high watermark passes `end_offset`, then
+    /// answers NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR shrank below `min_isr` meanwhile.
+    /// The caller bounds the wait with the request's timeout.
+    pub async fn wait_replicated(
+        &self,
+        end_offset: Offset,
+        min_isr: usize,
+    ) -> Result<Result<(), replica::AcksError>, StorageError> {
+        self.log.wait_durable(end_offset).await?;
+        loop {
+            let listen = self.listen_visible();
+            self.high_watermark();
+            if let Some(r) = match &*self.role.borrow() {
+                Role::Leader(l) => l.acks_all_done(end_offset, min_isr),
+                // Leadership moved meanwhile: the new leader may not have the batch.
+                Role::Follower { .. } => Some(Err(replica::AcksError::NotLeader)),
+            } {
+                return Ok(r);
+            }
+            listen.await;
+        }
     }
 
     pub fn topic(&self) -> &str {
@@ -158,16 +380,19 @@ impl Partition {
     }
 
     pub fn leader_epoch(&self) -> LeaderEpoch {
-        self.leader_epoch
+        self.leader_epoch.get()
     }
 
     pub fn leader(&self) -> BrokerId {
-        self.leader
+        self.leader.get()
     }
 
-    /// Replicas in sync with the leader (just the leader for now).
+    /// Replicas in sync with the leader as this replica knows them.
     pub fn isr(&self) -> Vec<BrokerId> {
-        vec![self.leader]
+        match &*self.role.borrow() {
+            Role::Leader(l) => l.isr().iter().copied().collect(),
+            Role::Follower { .. } => vec![self.leader.get()],
+        }
     }
 
     /// Appends `append`'s batches (all or nothing) and returns where they landed once their
@@ -186,7 +411,7 @@ impl Partition {
         self.log
             .append(
                 append.records(),
-                self.leader_epoch.0,
+                self.leader_epoch.get().0,
                 max_batch_bytes,
                 now_ms,
             )
@@ -206,9 +431,16 @@ impl Partition {
     /// to consumers: the minimum durable log end offset over the ISR (the leader's own
     /// durable offset while the ISR is the leader alone). Never moves backwards.
     pub fn high_watermark(&self) -> Offset {
-        let isr_min = self.log.durable_offset();
-        if isr_min > self.high_watermark.get() {
-            self.high_watermark.set(isr_min);
+        let durable = self.log.durable_offset();
+        let hw = match &mut *self.role.borrow_mut() {
+            Role::Leader(l) => l.update_high_watermark(durable),
+            // A follower sees what its leader reported, and only what it holds itself.
+            Role::Follower {
+                leader_high_watermark,
+            } => (*leader_high_watermark).min(durable),
+        };
+        if hw > self.high_watermark.get() {
+            self.high_watermark.set(hw);
         }
         self.high_watermark.get()
     }
@@ -222,8 +454,13 @@ impl Partition {
     /// [`Partition::high_watermark`] after it). Register before checking, as with any
     /// event listener, so that no advance is missed in between.
     pub fn listen_visible(&self) -> impl Future<Output = ()> + 'static {
-        // The high watermark follows the durable offset while the ISR is the leader alone.
-        self.log.listen_durable()
+        // This node's durability moves it, and so do followers' fetches and leaders'
+        // reports.
+        let durable = self.log.listen_durable();
+        let other = self.visible.listen();
+        async move {
+            futures_lite::future::or(durable, other).await;
+        }
     }
 
     /// Reads whole batches from the one that contains `offset`, up to `max_bytes` (at least

@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+#[cfg(doc)]
 use storage::leader_epoch::LeaderEpochFileCache;
 use storage::Offset;
 
@@ -64,6 +65,8 @@ pub enum AcksError {
     /// NOT_ENOUGH_REPLICAS_AFTER_APPEND: appended and replicated, but the ISR shrank below
     /// `min.insync.replicas` before the high watermark passed it.
     NotEnoughReplicasAfterAppend { isr: usize, min_isr: usize },
+    /// NOT_LEADER_OR_FOLLOWER: this replica stopped leading before the batch replicated.
+    NotLeader,
 }
 
 /// A leadership as the controller committed it.
@@ -304,14 +307,16 @@ pub struct DivergingEpoch {
 /// smaller epoch), the follower diverged, and is told where the leader's largest epoch at
 /// or below it ends. `None`: the follower's log is a prefix of the leader's up to
 /// `fetch_offset` (or it has no epoch yet).
+///
+/// `end_offset_for` is the leader's OffsetsForLeaderEpoch answer
+/// ([`LeaderEpochFileCache::end_offset_for`] with its log end offset).
 pub fn check_divergence(
-    leader: &LeaderEpochFileCache,
-    leader_end: Offset,
+    end_offset_for: impl Fn(i32) -> Option<(i32, Offset)>,
     fetch_offset: Offset,
     last_fetched_epoch: Option<LeaderEpoch>,
 ) -> Option<DivergingEpoch> {
     let last = last_fetched_epoch?;
-    match leader.end_offset_for(last.0, leader_end) {
+    match end_offset_for(last.0) {
         Some((epoch, end)) if epoch < last.0 || end < fetch_offset => Some(DivergingEpoch {
             epoch: LeaderEpoch(epoch),
             end_offset: end,
@@ -336,8 +341,9 @@ pub struct Truncation {
     pub complete: bool,
 }
 
+/// `end_offset_for` is the follower's own OffsetsForLeaderEpoch answer.
 pub fn truncation(
-    follower: &LeaderEpochFileCache,
+    end_offset_for: impl Fn(i32) -> Option<(i32, Offset)>,
     follower_end: Offset,
     follower_high_watermark: Offset,
     diverging: DivergingEpoch,
@@ -349,7 +355,7 @@ pub fn truncation(
             complete: true,
         };
     }
-    match follower.end_offset_for(diverging.epoch.0, follower_end) {
+    match end_offset_for(diverging.epoch.0) {
         Some((epoch, end)) if epoch == diverging.epoch.0 => Truncation {
             offset: end.min(diverging.end_offset).min(follower_end),
             complete: true,
@@ -368,6 +374,7 @@ pub fn truncation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use storage::leader_epoch::LeaderEpochFileCache;
 
     fn cache(entries: &[(i32, i64)]) -> LeaderEpochFileCache {
         let mut c = LeaderEpochFileCache::default();
@@ -624,12 +631,19 @@ mod tests {
             // Fetch, truncate as told, until a fetch no longer diverges.
             loop {
                 let last = follower.latest_epoch().map(LeaderEpoch);
-                let Some(d) = check_divergence(&leader, Offset(c.leader_end), end, last) else {
+                let leader_end = Offset(c.leader_end);
+                let leader_end_for = |e| leader.end_offset_for(e, leader_end);
+                let Some(d) = check_divergence(leader_end_for, end, last) else {
                     break;
                 };
                 rounds += 1;
                 assert!(rounds <= 5, "{}: no end to the truncation", c.name);
-                let t = truncation(&follower, end, Offset(c.follower_hw), d);
+                let t = truncation(
+                    |e| follower.end_offset_for(e, end),
+                    end,
+                    Offset(c.follower_hw),
+                    d,
+                );
                 assert!(t.offset <= end, "{}: truncation moves forward", c.name);
                 end = t.offset;
                 follower.truncate_from_end(end);
@@ -641,8 +655,9 @@ mod tests {
             assert_eq!(got, c.want, "{}", c.name);
         }
         // A follower with no epoch yet (an empty log) never diverges.
+        let one = cache(&[(0, 0)]);
         assert_eq!(
-            check_divergence(&cache(&[(0, 0)]), Offset(10), Offset(0), None),
+            check_divergence(|e| one.end_offset_for(e, Offset(10)), Offset(0), None),
             None
         );
     }

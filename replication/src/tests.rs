@@ -169,3 +169,178 @@ fn a_follower_append_keeps_the_leaders_offsets_and_epochs_and_truncates_its_suff
         commit.stop();
     });
 }
+
+fn client(count: i32) -> Append {
+    Append::Client {
+        records: batch(count),
+        max_batch_bytes: 1 << 20,
+    }
+}
+
+/// Whether `fut` completes within a second.
+async fn within_a_second(fut: impl Future<Output = ()>) -> bool {
+    futures_lite::future::or(
+        async {
+            fut.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            false
+        },
+    )
+    .await
+}
+
+#[test]
+fn a_leaders_high_watermark_waits_for_every_isr_follower_and_acks_all_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let (p, commit) = open(&path).await;
+        let replicas = [BrokerId(1), BrokerId(2), BrokerId(3)];
+        let epoch = LeaderEpoch(4);
+        p.become_leader(
+            replica::Leadership {
+                me: BrokerId(1),
+                epoch,
+                replicas: &replicas,
+                isr: &replicas,
+            },
+            30_000,
+            0,
+        );
+        assert_eq!(p.check_acks_all(2), Ok(()));
+        let info = p.append(client(10), 1).await.unwrap();
+        p.wait_committed(Offset(0)).await.unwrap();
+        // Durable here, but no follower has it: nothing is visible yet.
+        let acked = {
+            let p = p.clone();
+            glommio::spawn_local(async move { p.wait_replicated(info.end_offset, 2).await })
+        };
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        assert_eq!(p.high_watermark(), Offset(0));
+        let read = p
+            .read(Offset(0), 1 << 20, true, Isolation::HighWatermark)
+            .await
+            .unwrap();
+        assert!(
+            read.records.is_empty(),
+            "nothing visible below a high watermark of 0"
+        );
+        // Follower 2 has it all; 3 has none: still 0.
+        let f = p.replica_fetch(BrokerId(2), epoch.0, Offset(10), Some(epoch), 5);
+        assert_eq!(
+            f,
+            Ok(ReplicaFetch::Read {
+                high_watermark: Offset(0)
+            })
+        );
+        let f = p.replica_fetch(BrokerId(3), epoch.0, Offset(4), Some(epoch), 5);
+        assert_eq!(
+            f,
+            Ok(ReplicaFetch::Read {
+                high_watermark: Offset(4)
+            })
+        );
+        // A listener wakes when a follower's fetch moves the mark.
+        let listen = p.listen_visible();
+        p.replica_fetch(BrokerId(3), epoch.0, Offset(10), Some(epoch), 6)
+            .unwrap();
+        assert!(
+            within_a_second(listen).await,
+            "a follower's fetch did not wake listeners"
+        );
+        assert_eq!(p.high_watermark(), Offset(10));
+        assert_eq!(acked.await.unwrap(), Ok(()));
+        // Stale and unknown epochs, strangers, divergence.
+        assert_eq!(
+            p.replica_fetch(BrokerId(2), 3, Offset(10), Some(epoch), 7),
+            Err(ReplicaFetchError::FencedLeaderEpoch)
+        );
+        assert_eq!(
+            p.replica_fetch(BrokerId(2), 5, Offset(10), Some(epoch), 7),
+            Err(ReplicaFetchError::UnknownLeaderEpoch)
+        );
+        assert_eq!(
+            p.replica_fetch(BrokerId(9), epoch.0, Offset(10), Some(epoch), 7),
+            Err(ReplicaFetchError::NotReplica)
+        );
+        // A follower whose last batch is of epoch 3 up to 12: epoch 3 ended at 0 here (this
+        // log's first batch is of epoch 4), so it truncates there.
+        match p.replica_fetch(BrokerId(2), epoch.0, Offset(12), Some(LeaderEpoch(3)), 8) {
+            Ok(ReplicaFetch::Diverging { diverging, .. }) => {
+                assert!(diverging.end_offset <= Offset(10), "{diverging:?}")
+            }
+            other => panic!("expected a divergence, got {other:?}"),
+        }
+        // The ISR shrinks to the leader alone: acks=all with min.insync.replicas=2 is refused
+        // before an append, and one in flight gets NOT_ENOUGH_REPLICAS_AFTER_APPEND.
+        let info = p.append(client(2), 9).await.unwrap();
+        p.isr_committed(Some(&[BrokerId(1)]));
+        assert_eq!(
+            p.check_acks_all(2),
+            Err(replica::AcksError::NotEnoughReplicas { isr: 1, min_isr: 2 })
+        );
+        assert_eq!(
+            p.wait_replicated(info.end_offset, 2).await.unwrap(),
+            Err(replica::AcksError::NotEnoughReplicasAfterAppend { isr: 1, min_isr: 2 })
+        );
+        // Leadership moves away while a produce waits: it is told so.
+        let info = p.append(client(1), 10).await.unwrap();
+        p.isr_committed(Some(&replicas));
+        let waiting = {
+            let p = p.clone();
+            glommio::spawn_local(async move { p.wait_replicated(info.end_offset, 2).await })
+        };
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        p.become_follower(BrokerId(2), LeaderEpoch(5));
+        assert_eq!(waiting.await.unwrap(), Err(replica::AcksError::NotLeader));
+        assert_eq!(
+            p.replica_fetch(BrokerId(2), 5, Offset(10), Some(epoch), 11),
+            Err(ReplicaFetchError::NotLeader)
+        );
+        p.close().await.unwrap();
+        commit.stop();
+    });
+}
+
+#[test]
+fn a_follower_sees_up_to_the_leaders_high_watermark_and_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let (p, commit) = open(&path).await;
+        p.become_follower(BrokerId(2), LeaderEpoch(3));
+        assert!(!p.is_leader());
+        // The leader's batches, stored as they are.
+        let mut b = batch(5).to_vec();
+        b[12..16].copy_from_slice(&3i32.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        p.append(
+            Append::Replication {
+                records: Bytes::from(b),
+            },
+            1,
+        )
+        .await
+        .unwrap();
+        p.wait_committed(Offset(5)).await.unwrap();
+        assert_eq!(
+            p.high_watermark(),
+            Offset(0),
+            "the leader reported nothing yet"
+        );
+        p.set_leader_high_watermark(Offset(3));
+        assert_eq!(p.high_watermark(), Offset(3));
+        // A leader ahead of this follower: only what is here is visible.
+        p.set_leader_high_watermark(Offset(50));
+        assert_eq!(p.high_watermark(), Offset(5));
+        // It never goes back.
+        p.set_leader_high_watermark(Offset(1));
+        assert_eq!(p.high_watermark(), Offset(5));
+        p.close().await.unwrap();
+        commit.stop();
+    });
+}
