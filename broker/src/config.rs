@@ -131,6 +131,9 @@ pub struct BrokerConfig {
     pub controller_listen: Option<SocketAddr>,
     /// `broker.rack`.
     pub rack: Option<String>,
+    /// `replica.lag.time.max.ms` (30000): a follower not caught up for this long leaves
+    /// the ISR.
+    pub replica_lag_time_max_ms: u64,
     /// `unclean.leader.election.enable` (false): the controller may elect a replica outside
     /// the ISR when no ISR member is alive (topics may override it).
     pub unclean_leader_election: bool,
@@ -209,6 +212,7 @@ impl Default for BrokerConfig {
             controller_listener_names: vec!["CONTROLLER".into()],
             controller_listen: None,
             unclean_leader_election: false,
+            replica_lag_time_max_ms: 30_000,
             rack: None,
             broker_heartbeat_interval_ms: 2_000,
             broker_session_timeout_ms: 9_000,
@@ -333,6 +337,9 @@ impl BrokerConfig {
             match key.as_str() {
                 "listeners" => listeners = Some(value.clone()),
                 "process.roles" => self.roles = parse_roles(value)?,
+                "replica.lag.time.max.ms" => {
+                    self.replica_lag_time_max_ms = parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
                 "unclean.leader.election.enable" => {
                     self.unclean_leader_election = parse(key, value)?
                 }

@@ -46,6 +46,9 @@ pub struct PartitionMeta {
     pub replicas: Vec<i32>,
     #[serde(default)]
     pub isr: Vec<i32>,
+    /// Bumped by the controller at every leader change; the leader stamps it on batches.
+    #[serde(default)]
+    pub leader_epoch: i32,
 }
 
 fn no_leader() -> i32 {
@@ -61,7 +64,13 @@ impl PartitionMeta {
             leader: -1,
             replicas: Vec::new(),
             isr: Vec::new(),
+            leader_epoch: 0,
         }
+    }
+
+    /// Whether broker `node` leads it (a pre-quorum partition is the node's own).
+    pub fn is_led_by(&self, node: i32) -> bool {
+        self.replicas.is_empty() || self.leader == node
     }
 
     /// Whether broker `node` holds a replica (a pre-quorum partition is the node's own).
@@ -154,6 +163,7 @@ impl MetadataImage {
                     leader: p.leader,
                     replicas: p.replicas.clone(),
                     isr: p.isr.clone(),
+                    leader_epoch: p.leader_epoch,
                 })
                 .collect(),
             configs: t.configs.clone(),

@@ -354,6 +354,12 @@ impl Shard {
             .cloned()
     }
 
+    /// The partition if this node leads it: clients produce to, consume from and list the
+    /// offsets of leaders only (a follower's replica answers NOT_LEADER_OR_FOLLOWER).
+    pub fn leader_partition(&self, topic: &str, partition: i32) -> Option<Rc<Partition>> {
+        self.partition(topic, partition).filter(|p| p.is_leader())
+    }
+
     /// Installs a newer metadata image: opens logs of partitions this shard now owns, closes
     /// and deletes logs of topics that are gone.
     pub async fn apply_metadata(&self, image: Arc<MetadataImage>) -> Result<()> {
@@ -428,9 +434,65 @@ impl Shard {
                 .borrow_mut()
                 .insert((topic, index), partition);
         }
+        self.apply_roles(&image);
         *self.metadata.borrow_mut() = image;
         *self.shard_table.borrow_mut() = table;
         Ok(())
+    }
+
+    /// Each open partition takes the role the image gives it: the leader (at the image's
+    /// leader epoch, which it stamps on what it appends) or a follower of another broker.
+    /// A leader whose epoch did not change learns the ISR the controller committed.
+    fn apply_roles(&self, image: &MetadataImage) {
+        let me = self.config.node_id;
+        let now = crate::handlers::now_ms();
+        for ((topic, index), p) in self.partitions.borrow().iter() {
+            let Some(meta) = image
+                .topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(usize::try_from(*index).ok()?))
+            else {
+                continue;
+            };
+            let epoch = LeaderEpoch(meta.leader_epoch);
+            if meta.is_led_by(me) {
+                let replicas: Vec<BrokerId> = if meta.replicas.is_empty() {
+                    vec![BrokerId(me)]
+                } else {
+                    meta.replicas.iter().map(|b| BrokerId(*b)).collect()
+                };
+                let isr: Vec<BrokerId> = if meta.isr.is_empty() {
+                    vec![BrokerId(me)]
+                } else {
+                    meta.isr.iter().map(|b| BrokerId(*b)).collect()
+                };
+                let mut have = p.leader_replicas();
+                have.sort();
+                let mut want = replicas.clone();
+                want.sort();
+                if !p.is_leader() || p.leader_epoch() != epoch || have != want {
+                    tracing::debug!(%topic, partition = index, epoch = epoch.0, "leading");
+                    p.become_leader(
+                        replication::replica::Leadership {
+                            me: BrokerId(me),
+                            epoch,
+                            replicas: &replicas,
+                            isr: &isr,
+                        },
+                        self.config.replica_lag_time_max_ms,
+                        now,
+                    );
+                } else if p.committed_isr() != isr {
+                    p.isr_committed(Some(&isr));
+                }
+            } else if p.is_leader()
+                || p.leader() != BrokerId(meta.leader)
+                || p.leader_epoch() != epoch
+            {
+                tracing::debug!(%topic, partition = index, leader = meta.leader, epoch = epoch.0, "following");
+                p.become_follower(BrokerId(meta.leader), epoch);
+            }
+        }
     }
 
     /// The settings a topic's logs run with: broker defaults and the topic's configs.

@@ -381,6 +381,67 @@ fn a_stopped_broker_is_fenced_and_unfenced_when_it_resumes() {
     wait_until("node 3 unfenced", Duration::from_secs(20), || {
         leaders(&cluster, 1, "f") == before
     });
+    // Each leader change bumped the epoch (offline, then back): Metadata says so, node 3
+    // stamps the new epoch on what it appends, and a fetch with the old epoch is fenced.
+    let p3 = before.iter().position(|l| *l == 3).unwrap() as i32;
+    let epoch_now = |node: i32| {
+        let md = metadata(&mut cluster.client(node), Some("f"));
+        md.topics[0]
+            .partitions
+            .iter()
+            .find(|p| p.partition_index == p3)
+            .unwrap()
+            .leader_epoch
+    };
+    wait_until(
+        "node 3 applied the new epoch",
+        Duration::from_secs(10),
+        || epoch_now(3) == epoch_now(1),
+    );
+    let epoch = epoch_now(1);
+    assert!(
+        epoch >= 2,
+        "leader epoch {epoch} after a fence and an unfence"
+    );
+    let mut c3 = cluster.client(3);
+    let r = c3.produce(
+        "f",
+        &[(p3, batch(&[b"after".to_vec()], 1, Compression::None))],
+        -1,
+    );
+    assert_eq!(r[0].1, 0);
+    let fetch = |c: &mut Client, known: i32| {
+        let mut fp = fetch_request::FetchPartition::default();
+        fp.partition = p3;
+        fp.current_leader_epoch = known;
+        fp.partition_max_bytes = 1 << 20;
+        let mut ft = fetch_request::FetchTopic::default();
+        ft.topic = TopicName(StrBytes::from_static_str("f"));
+        ft.partitions = vec![fp];
+        let mut req = FetchRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.max_bytes = 1 << 20;
+        req.topics = vec![ft];
+        let resp: FetchResponse = c.send(&req, 12);
+        resp.responses[0].partitions[0].clone()
+    };
+    let ok = fetch(&mut c3, epoch);
+    assert_eq!(ok.error_code, 0);
+    let bytes = ok.records.clone().unwrap_or_default();
+    let stamped = protocol::record_batch::BatchIter::new(&bytes, false)
+        .map(|v| v.partition_leader_epoch())
+        .collect::<Vec<_>>();
+    assert_eq!(stamped.last(), Some(&epoch), "{stamped:?}");
+    assert_eq!(
+        fetch(&mut c3, epoch - 1).error_code,
+        74,
+        "FENCED_LEADER_EPOCH"
+    );
+    assert_eq!(
+        fetch(&mut c3, epoch + 1).error_code,
+        75,
+        "UNKNOWN_LEADER_EPOCH"
+    );
 }
 
 #[test]

@@ -236,6 +236,14 @@ impl Partition {
         matches!(*self.role.borrow(), Role::Leader(_))
     }
 
+    /// On the leader: every replica, itself first (a follower answers nothing).
+    pub fn leader_replicas(&self) -> Vec<BrokerId> {
+        match &*self.role.borrow() {
+            Role::Leader(l) => l.replicas(),
+            Role::Follower { .. } => Vec::new(),
+        }
+    }
+
     /// The ISR as the controller last committed it (the leader's view; a follower answers
     /// nothing).
     pub fn committed_isr(&self) -> Vec<BrokerId> {
@@ -502,6 +510,18 @@ impl Partition {
 
     pub fn log_start_offset(&self) -> Offset {
         self.log.log_start_offset()
+    }
+
+    /// The leader epoch of the batch holding `offset` (the newest epoch starting at or
+    /// before it); the current epoch for an offset past every stored batch's start, or on a
+    /// log with no epochs yet.
+    pub fn epoch_at(&self, offset: Offset) -> LeaderEpoch {
+        self.log
+            .epoch_entries()
+            .iter()
+            .rev()
+            .find(|e| e.start_offset <= offset)
+            .map_or(self.leader_epoch.get(), |e| LeaderEpoch(e.epoch))
     }
 
     /// The next offset to be assigned (written, perhaps not yet durable or visible).

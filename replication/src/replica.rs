@@ -147,6 +147,13 @@ impl LeaderState {
         &self.isr
     }
 
+    /// Every replica: this leader, then its followers.
+    pub fn replicas(&self) -> Vec<BrokerId> {
+        std::iter::once(self.me)
+            .chain(self.followers.keys().copied())
+            .collect()
+    }
+
     pub fn follower(&self, id: BrokerId) -> Option<&FollowerProgress> {
         self.followers.get(&id)
     }

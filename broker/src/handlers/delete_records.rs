@@ -34,8 +34,8 @@ pub async fn handle(ctx: &RequestContext, req: DeleteRecordsRequest) -> DeleteRe
                     let done = ctx
                         .shard
                         .invoke_on(ShardId(shard), move |s| async move {
-                            let Some(part) = s.partition(&topic, index) else {
-                                return Err(ResponseError::UnknownTopicOrPartition);
+                            let Some(part) = s.leader_partition(&topic, index) else {
+                                return Err(ResponseError::NotLeaderOrFollower);
                             };
                             part.delete_records(offset)
                                 .await

@@ -38,6 +38,8 @@ struct Item {
     fetch_offset: i64,
     partition_max_bytes: usize,
     isolation: Isolation,
+    /// The leader epoch the consumer knows (Fetch v9+; -1: none).
+    current_leader_epoch: i32,
 }
 
 #[derive(Default)]
@@ -103,6 +105,7 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
                 fetch_offset: p.fetch_offset,
                 partition_max_bytes: (p.partition_max_bytes.max(0) as usize).min(fetch_max),
                 isolation,
+                current_leader_epoch: p.current_leader_epoch,
             });
         }
         topics.push((t.topic, t.topic_id, parts));
@@ -254,7 +257,7 @@ async fn read_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
     let reads = items.into_iter().map(|item| {
         let shard = shard.clone();
         async move {
-            let Some(p) = shard.partition(&item.topic, item.partition) else {
+            let Some(p) = shard.leader_partition(&item.topic, item.partition) else {
                 return Outcome {
                     error: Some(ResponseError::NotLeaderOrFollower),
                     high_watermark: -1,
@@ -263,6 +266,15 @@ async fn read_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
                     ..Outcome::default()
                 };
             };
+            if let Some(code) = super::leader_epoch_error(item.current_leader_epoch, p.leader_epoch()) {
+                return Outcome {
+                    error: Some(code),
+                    high_watermark: -1,
+                    last_stable_offset: -1,
+                    log_start_offset: -1,
+                    ..Outcome::default()
+                };
+            }
             let offset = Offset(item.fetch_offset);
             match p.read(offset, item.partition_max_bytes, true, item.isolation).await {
                 Ok(r) => Outcome {

@@ -29,6 +29,8 @@ struct Query {
     topic: String,
     partition: i32,
     timestamp: i64,
+    /// The leader epoch the client knows (v4+; -1: none).
+    current_leader_epoch: i32,
 }
 
 struct Answer {
@@ -36,6 +38,8 @@ struct Answer {
     error: Option<ResponseError>,
     timestamp: i64,
     offset: i64,
+    /// The leader epoch of the batch holding `offset` (-1: none found).
+    epoch: i32,
 }
 
 pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffsetsResponse {
@@ -59,12 +63,14 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
                     topic: name.clone(),
                     partition: p.partition_index,
                     timestamp: p.timestamp,
+                    current_leader_epoch: p.current_leader_epoch,
                 }),
                 None => answers.push(Answer {
                     slot,
                     error: Some(ctx.shard.not_served(&name, p.partition_index)),
                     timestamp: -1,
                     offset: -1,
+                    epoch: -1,
                 }),
             }
         }
@@ -86,6 +92,7 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
                         error: Some(ResponseError::NotLeaderOrFollower),
                         timestamp: -1,
                         offset: -1,
+                        epoch: -1,
                     })
                     .collect(),
             }
@@ -100,8 +107,7 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest) -> ListOffset
         pr.timestamp = a.timestamp;
         pr.offset = a.offset;
         if ctx.api_version >= 4 {
-            // Every offset found is of leader epoch 0 on a single node; none found is -1.
-            pr.leader_epoch = if a.offset >= 0 { 0 } else { -1 };
+            pr.leader_epoch = a.epoch;
         }
     }
     let mut resp = ListOffsetsResponse::default();
@@ -113,27 +119,40 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
     let limit = shard.config.message_decompressed_max_bytes;
     let mut out = Vec::with_capacity(queries.len());
     for q in queries {
-        let Some(p) = shard.partition(&q.topic, q.partition) else {
+        let Some(p) = shard.leader_partition(&q.topic, q.partition) else {
             out.push(Answer {
                 slot: q.slot,
                 error: Some(ResponseError::NotLeaderOrFollower),
                 timestamp: -1,
                 offset: -1,
+                epoch: -1,
             });
             continue;
         };
-        let answer = match q.timestamp {
+        if let Some(code) = super::leader_epoch_error(q.current_leader_epoch, p.leader_epoch()) {
+            out.push(Answer {
+                slot: q.slot,
+                error: Some(code),
+                timestamp: -1,
+                offset: -1,
+                epoch: -1,
+            });
+            continue;
+        }
+        let mut answer = match q.timestamp {
             LATEST => Answer {
                 slot: q.slot,
                 error: None,
                 timestamp: -1,
                 offset: p.high_watermark().0,
+                epoch: -1,
             },
             EARLIEST | EARLIEST_LOCAL => Answer {
                 slot: q.slot,
                 error: None,
                 timestamp: -1,
                 offset: p.log_start_offset().0,
+                epoch: -1,
             },
             MAX_TIMESTAMP => {
                 // The first record carrying the log's largest timestamp.
@@ -150,15 +169,20 @@ async fn answer_on_shard(shard: Rc<Shard>, queries: Vec<Query>) -> Vec<Answer> {
                 error: None,
                 timestamp: -1,
                 offset: -1,
+                epoch: -1,
             },
             ts if ts < 0 => Answer {
                 slot: q.slot,
                 error: Some(ResponseError::UnsupportedVersion),
                 timestamp: -1,
                 offset: -1,
+                epoch: -1,
             },
             ts => Answer::found(q.slot, offset_for_timestamp(&p, ts, limit).await),
         };
+        if answer.error.is_none() && answer.offset >= 0 {
+            answer.epoch = p.epoch_at(storage::Offset(answer.offset)).0;
+        }
         out.push(answer);
     }
     out
@@ -176,6 +200,7 @@ impl Answer {
             error,
             timestamp,
             offset,
+            epoch: -1,
         }
     }
 }

@@ -36,8 +36,8 @@ pub(super) struct PartitionView {
 
 /// The partitions `indexes` of a topic (those past its partition count are left out), with
 /// the leader, replicas and ISR of the metadata image (a pre-quorum partition is this
-/// node's alone). Leader epochs stay 0 until partitions replicate: that is the epoch the
-/// partition's data carries.
+/// node's alone), and the leader epoch the controller gave the leader (the one its batches
+/// carry).
 pub(super) fn partitions<'a>(
     node: BrokerId,
     image: &'a MetadataImage,
@@ -68,7 +68,7 @@ pub(super) fn partitions<'a>(
         PartitionView {
             index: i as i32,
             leader,
-            leader_epoch: 0,
+            leader_epoch: p.leader_epoch,
             replicas: ids(&p.replicas),
             isr: ids(&p.isr),
             offline,

@@ -53,10 +53,26 @@ pub(crate) fn endpoint(shard: &crate::shard::Shard, id: i32) -> Option<(String, 
     Some((b.host.clone(), b.port as i32))
 }
 
+/// Kafka's check of the leader epoch a client knows (`current_leader_epoch`, -1: none)
+/// against the partition's: FENCED_LEADER_EPOCH when the client's is older (its metadata
+/// is stale), UNKNOWN_LEADER_EPOCH when it is newer (this broker has not applied it yet).
+pub(crate) fn leader_epoch_error(
+    known: i32,
+    current: replication::LeaderEpoch,
+) -> Option<kafka_protocol::ResponseError> {
+    if known < 0 || known == current.0 {
+        None
+    } else if known < current.0 {
+        Some(kafka_protocol::ResponseError::FencedLeaderEpoch)
+    } else {
+        Some(kafka_protocol::ResponseError::UnknownLeaderEpoch)
+    }
+}
+
 /// KIP-951: the leader to name in a NOT_LEADER_OR_FOLLOWER answer for a partition this
 /// broker does not serve, with its endpoint (host, port, rack); `None` when the partition
 /// has no live leader (offline, or its leader fenced). The epoch is the one Metadata
-/// reports (0 until replication makes leader epochs move).
+/// reports.
 pub(crate) fn current_leader(
     shard: &crate::shard::Shard,
     topic: &str,
@@ -70,7 +86,7 @@ pub(crate) fn current_leader(
         .get(usize::try_from(partition).ok()?)?;
     let b = image.brokers.get(&p.leader).filter(|b| !b.fenced)?;
     let (host, port) = endpoint(shard, p.leader)?;
-    Some((p.leader, 0, host, port, b.rack.clone()))
+    Some((p.leader, p.leader_epoch, host, port, b.rack.clone()))
 }
 
 /// The brokers clients are told of: the unfenced registered ones, this broker always

@@ -368,11 +368,14 @@ async fn append_on_shard(
     let appends = items.into_iter().map(|mut item| {
         let shard = shard.clone();
         async move {
-            let Some(partition) = shard.partition(&item.topic, item.partition) else {
+            let Some(partition) = shard.leader_partition(&item.topic, item.partition) else {
                 let e = Outcome::error(
                     item.slot,
-                    ResponseError::UnknownTopicOrPartition,
-                    format!("{}-{} is not on this shard", item.topic, item.partition),
+                    ResponseError::NotLeaderOrFollower,
+                    format!(
+                        "this broker does not lead {}-{}",
+                        item.topic, item.partition
+                    ),
                 );
                 return (item, Err(e));
             };
