@@ -156,6 +156,11 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         max: 2,
     },
     ApiRange {
+        key: ApiKey::OffsetForLeaderEpoch,
+        min: 2,
+        max: 4,
+    },
+    ApiRange {
         key: ApiKey::DescribeCluster,
         min: 0,
         max: 2,
@@ -325,6 +330,9 @@ pub async fn dispatch(
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(handlers::delete_records::handle(&ctx, r).await)
         }
+        RequestKind::OffsetForLeaderEpoch(r) => ResponseKind::OffsetForLeaderEpoch(
+            handlers::offset_for_leader_epoch::handle(&ctx, r).await,
+        ),
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(handlers::describe_cluster::handle(&ctx, r))
         }

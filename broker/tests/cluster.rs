@@ -442,6 +442,29 @@ fn a_stopped_broker_is_fenced_and_unfenced_when_it_resumes() {
         75,
         "UNKNOWN_LEADER_EPOCH"
     );
+    // OffsetForLeaderEpoch (KIP-320): the current epoch ends at the log end (one record).
+    let end_for = |c: &mut Client, known: i32, asked: i32| {
+        let mut p = offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
+        p.partition = p3;
+        p.current_leader_epoch = known;
+        p.leader_epoch = asked;
+        let mut t = offset_for_leader_epoch_request::OffsetForLeaderTopic::default();
+        t.topic = TopicName(StrBytes::from_static_str("f"));
+        t.partitions = vec![p];
+        let mut req = OffsetForLeaderEpochRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.topics = vec![t];
+        let r: OffsetForLeaderEpochResponse = c.send(&req, 4);
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.leader_epoch, p.end_offset)
+    };
+    assert_eq!(end_for(&mut c3, epoch, epoch), (0, epoch, 1));
+    assert_eq!(end_for(&mut c3, epoch - 1, epoch).0, 74);
+    assert_eq!(
+        end_for(&mut cluster.client(1), -1, epoch).0,
+        6,
+        "NOT_LEADER_OR_FOLLOWER"
+    );
 }
 
 #[test]

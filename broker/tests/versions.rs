@@ -362,6 +362,23 @@ fn every_advertised_version_answers() {
                         p.error_code == 0 && p.low_watermark == 0
                     })
                 }
+                ApiKey::OffsetForLeaderEpoch => {
+                    let mut p =
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
+                    p.partition = 1;
+                    p.current_leader_epoch = -1;
+                    p.leader_epoch = 0;
+                    let mut t = offset_for_leader_epoch_request::OffsetForLeaderTopic::default();
+                    t.topic = name("v");
+                    t.partitions = vec![p];
+                    let mut req = OffsetForLeaderEpochRequest::default();
+                    req.replica_id = BrokerId(-1);
+                    req.topics = vec![t];
+                    c.try_send(&req, v).is_some_and(|r| {
+                        let p = &r.topics[0].partitions[0];
+                        p.error_code == 0 && p.leader_epoch == 0 && p.end_offset >= 0
+                    })
+                }
                 ApiKey::DescribeCluster => c
                     .try_send(&DescribeClusterRequest::default(), v)
                     .is_some_and(|r| r.error_code == 0 && r.brokers.len() == 1),

@@ -280,7 +280,10 @@ impl Partition {
         }
         let leader_end = self.log.log_end_offset();
         if let Some(diverging) = replica::check_divergence(
-            |e| self.log.end_offset_for_epoch(e),
+            |e| {
+                self.end_offset_for_epoch(LeaderEpoch(e))
+                    .map(|(e, o)| (e.0, o))
+            },
             fetch_offset,
             last_fetched_epoch,
         ) {
@@ -502,10 +505,27 @@ impl Partition {
 
     /// Kafka's OffsetsForLeaderEpoch: the largest epoch at or below `epoch` and the offset
     /// where the next one starts (or the log end for the latest).
+    ///
+    /// A leader's current epoch counts as starting at the log end when it has written
+    /// nothing yet (Kafka writes that entry when a broker becomes leader; here it is
+    /// implied until the epoch's first batch records it), so that a consumer or follower
+    /// asking about an older epoch learns it ended at the log end, not "undefined".
     pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
-        self.log
-            .end_offset_for_epoch(epoch.0)
-            .map(|(e, o)| (LeaderEpoch(e), o))
+        let current = self.leader_epoch.get();
+        let latest = self.log.latest_epoch();
+        let implied = self.is_leader() && latest.is_none_or(|l| l < current.0);
+        if implied && epoch == current {
+            return Some((current, self.log.log_end_offset()));
+        }
+        match self.log.end_offset_for_epoch(epoch.0) {
+            Some((e, o)) => Some((LeaderEpoch(e), o)),
+            // Above every stored epoch but below the implied current one: the latest
+            // stored epoch (or, on a log with none, the asked one) ends at the log end.
+            None if implied && epoch.0 >= 0 && epoch < current => {
+                Some((latest.map_or(epoch, LeaderEpoch), self.log.log_end_offset()))
+            }
+            None => None,
+        }
     }
 
     pub fn log_start_offset(&self) -> Offset {

@@ -344,3 +344,51 @@ fn a_follower_sees_up_to_the_leaders_high_watermark_and_what_it_holds() {
         commit.stop();
     });
 }
+
+#[test]
+fn a_new_leaders_epoch_is_implied_to_start_at_its_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let (p, commit) = open(&path).await;
+        let lead = |epoch| replica::Leadership {
+            me: BrokerId(1),
+            epoch: LeaderEpoch(epoch),
+            replicas: &[BrokerId(1)],
+            isr: &[BrokerId(1)],
+        };
+        p.become_leader(lead(4), 30_000, 0);
+        let at = |epoch| {
+            p.end_offset_for_epoch(LeaderEpoch(epoch))
+                .map(|(e, o)| (e.0, o.0))
+        };
+        // Nothing written: epoch 4 is the current one, ending at the log end; an older one
+        // asked of an empty log ends there too; a newer one is unknown.
+        assert_eq!(at(4), Some((4, 0)));
+        assert_eq!(at(2), Some((2, 0)));
+        assert_eq!(at(5), None);
+        p.append(client(3), 1).await.unwrap();
+        p.wait_committed(Offset(3)).await.unwrap();
+        assert_eq!(at(4), Some((4, 3)));
+        // A later epoch with nothing written yet: epoch 4 ended where the log ends.
+        p.become_leader(lead(6), 30_000, 0);
+        assert_eq!(at(4), Some((4, 3)));
+        assert_eq!(at(5), Some((4, 3)));
+        assert_eq!(at(6), Some((6, 3)));
+        assert_eq!(at(7), None);
+        assert_eq!(
+            at(3),
+            Some((3, 0)),
+            "below every epoch: the first one's start"
+        );
+        p.append(client(2), 2).await.unwrap();
+        p.wait_committed(Offset(5)).await.unwrap();
+        assert_eq!(at(4), Some((4, 3)));
+        assert_eq!(at(6), Some((6, 5)));
+        // A follower implies nothing.
+        p.become_follower(BrokerId(2), LeaderEpoch(8));
+        assert_eq!(at(8), None);
+        p.close().await.unwrap();
+        commit.stop();
+    });
+}
