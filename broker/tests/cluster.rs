@@ -459,6 +459,23 @@ fn a_stopped_broker_is_fenced_and_unfenced_when_it_resumes() {
         (p.error_code, p.leader_epoch, p.end_offset)
     };
     assert_eq!(end_for(&mut c3, epoch, epoch), (0, epoch, 1));
+    // A replica fetch (replica id set) from a broker that holds no replica of it is refused
+    // and moves nothing: the records stay invisible to it.
+    let mut fp = fetch_request::FetchPartition::default();
+    fp.partition = p3;
+    fp.current_leader_epoch = epoch;
+    fp.partition_max_bytes = 1 << 20;
+    let mut ft = fetch_request::FetchTopic::default();
+    ft.topic = TopicName(StrBytes::from_static_str("f"));
+    ft.partitions = vec![fp];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(1);
+    req.max_bytes = 1 << 20;
+    req.topics = vec![ft];
+    let resp: FetchResponse = c3.send(&req, 12);
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, NOT_LEADER_OR_FOLLOWER);
+    assert!(p.records.as_ref().is_none_or(|r| r.is_empty()));
     assert_eq!(end_for(&mut c3, epoch - 1, epoch).0, 74);
     assert_eq!(
         end_for(&mut cluster.client(1), -1, epoch).0,

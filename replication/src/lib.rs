@@ -419,14 +419,25 @@ impl Partition {
                 return self.log.append_as_follower(records, now_ms).await;
             }
         };
-        self.log
+        let info = self
+            .log
             .append(
                 append.records(),
                 self.leader_epoch.get().0,
                 max_batch_bytes,
                 now_ms,
             )
-            .await
+            .await?;
+        // Followers' long polls wait for the log end, not for this node's durability.
+        if self.has_followers() {
+            self.visible.notify(usize::MAX);
+        }
+        Ok(info)
+    }
+
+    /// Whether this replica leads others.
+    fn has_followers(&self) -> bool {
+        matches!(&*self.role.borrow(), Role::Leader(l) if l.has_followers())
     }
 
     /// Waits until every offset below `end_offset` is committed (below the high watermark),
@@ -495,6 +506,17 @@ impl Partition {
             last_stable_offset: self.last_stable_offset(),
             log_start_offset: read.log_start_offset,
         })
+    }
+
+    /// A follower's read on the leader: whole batches from the one holding `offset` up to
+    /// the log end (not the high watermark: followers replicate what is not yet committed),
+    /// at least one batch, about `max_bytes`.
+    pub async fn read_for_follower(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+    ) -> Result<Bytes, StorageError> {
+        Ok(self.log.read(offset, max_bytes, true).await?.records)
     }
 
     /// Removes every batch at or after `offset` (a follower's divergent suffix after a

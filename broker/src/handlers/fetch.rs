@@ -21,7 +21,7 @@ use kafka_protocol::messages::fetch_response::{
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
-use replication::Isolation;
+use replication::{Isolation, ReplicaFetch, ReplicaFetchError};
 use storage::Offset;
 use uuid::Uuid;
 
@@ -40,6 +40,10 @@ struct Item {
     isolation: Isolation,
     /// The leader epoch the consumer knows (Fetch v9+; -1: none).
     current_leader_epoch: i32,
+    /// A follower's fetch (replica id >= 0): read to the log end, progress recorded.
+    replica: Option<BrokerId>,
+    /// The epoch of the follower's last batch (Fetch v12+; -1: none).
+    last_fetched_epoch: i32,
 }
 
 #[derive(Default)]
@@ -49,6 +53,8 @@ struct Outcome {
     last_stable_offset: i64,
     log_start_offset: i64,
     records: Bytes,
+    /// A follower's log diverged here: (epoch, end offset) (Fetch v12+).
+    diverging: Option<(i32, i64)>,
 }
 
 pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
@@ -83,6 +89,13 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
     } else {
         Isolation::HighWatermark
     };
+    // A follower names itself: ReplicaState (v15+) or replica_id (older versions).
+    let replica_id = if ctx.api_version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    let replica = (replica_id >= 0).then_some(BrokerId(replica_id));
     let mut topics: Vec<(TopicName, Uuid, Vec<i32>)> = Vec::new();
     let mut items: Vec<Item> = Vec::new();
     let image = ctx.shard.metadata();
@@ -106,6 +119,8 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
                 partition_max_bytes: (p.partition_max_bytes.max(0) as usize).min(fetch_max),
                 isolation,
                 current_leader_epoch: p.current_leader_epoch,
+                replica,
+                last_fetched_epoch: p.last_fetched_epoch,
             });
         }
         topics.push((t.topic, t.topic_id, parts));
@@ -167,6 +182,10 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest) -> FetchResponse {
                     pd.last_stable_offset = o.last_stable_offset;
                     pd.log_start_offset = o.log_start_offset;
                     pd.preferred_read_replica = BrokerId(-1);
+                    if let Some((epoch, end_offset)) = o.diverging {
+                        pd.diverging_epoch.epoch = epoch;
+                        pd.diverging_epoch.end_offset = end_offset;
+                    }
                     pd.records = Some(o.records);
                     pd
                 })
@@ -257,6 +276,9 @@ async fn read_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
     let reads = items.into_iter().map(|item| {
         let shard = shard.clone();
         async move {
+            if let Some(follower) = item.replica {
+                return read_for_follower(&shard, &item, follower).await;
+            }
             let Some(p) = shard.leader_partition(&item.topic, item.partition) else {
                 return Outcome {
                     error: Some(ResponseError::NotLeaderOrFollower),
@@ -283,6 +305,7 @@ async fn read_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
                     last_stable_offset: r.last_stable_offset.0,
                     log_start_offset: r.log_start_offset.0,
                     records: r.records,
+                    diverging: None,
                 },
                 Err(e) => {
                     let code = storage_error(&e);
@@ -295,12 +318,76 @@ async fn read_on_shard(shard: Rc<Shard>, items: Vec<Item>) -> Vec<Outcome> {
                         last_stable_offset: p.last_stable_offset().0,
                         log_start_offset: p.log_start_offset().0,
                         records: Bytes::new(),
+                        diverging: None,
                     }
                 }
             }
         }
     });
     futures::future::join_all(reads).await
+}
+
+/// A follower's fetch of one partition on its leader: the follower's progress moves the
+/// high watermark; its log is checked against this leader's epochs (a diverging one gets
+/// where to truncate, no records); otherwise it reads to the log end.
+async fn read_for_follower(shard: &Rc<Shard>, item: &Item, follower: BrokerId) -> Outcome {
+    let failed = |code: ResponseError| Outcome {
+        error: Some(code),
+        high_watermark: -1,
+        last_stable_offset: -1,
+        log_start_offset: -1,
+        ..Outcome::default()
+    };
+    let Some(p) = shard.partition(&item.topic, item.partition) else {
+        return failed(ResponseError::NotLeaderOrFollower);
+    };
+    let last =
+        (item.last_fetched_epoch >= 0).then_some(replication::LeaderEpoch(item.last_fetched_epoch));
+    let fetch = p.replica_fetch(
+        replication::BrokerId(follower.0),
+        item.current_leader_epoch,
+        Offset(item.fetch_offset),
+        last,
+        super::now_ms(),
+    );
+    let done = |hw: Offset| Outcome {
+        error: None,
+        high_watermark: hw.0,
+        last_stable_offset: hw.0,
+        log_start_offset: p.log_start_offset().0,
+        ..Outcome::default()
+    };
+    match fetch {
+        Err(e) => failed(match e {
+            ReplicaFetchError::NotLeader | ReplicaFetchError::NotReplica => {
+                ResponseError::NotLeaderOrFollower
+            }
+            ReplicaFetchError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+            ReplicaFetchError::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
+        }),
+        Ok(ReplicaFetch::Diverging {
+            diverging,
+            high_watermark,
+        }) => Outcome {
+            diverging: Some((diverging.epoch.0, diverging.end_offset.0)),
+            ..done(high_watermark)
+        },
+        Ok(ReplicaFetch::Read { high_watermark }) => {
+            match p
+                .read_for_follower(Offset(item.fetch_offset), item.partition_max_bytes)
+                .await
+            {
+                Ok(records) => Outcome {
+                    records,
+                    ..done(high_watermark)
+                },
+                Err(e) => Outcome {
+                    error: Some(storage_error(&e)),
+                    ..done(high_watermark)
+                },
+            }
+        }
+    }
 }
 
 /// Returns when any requested partition has data past its fetch offset, or at `deadline`.
@@ -310,9 +397,16 @@ async fn wait_for_data(shard: &Rc<Shard>, items: &[Item], deadline: Instant) {
         .into_iter()
         .map(|(target, group)| {
             let local = shard.clone();
-            let watch: Vec<(String, i32, i64)> = group
+            let watch: Vec<Watch> = group
                 .into_iter()
-                .map(|(_, it)| (it.topic, it.partition, it.fetch_offset))
+                .map(|(_, it)| {
+                    (
+                        it.topic,
+                        it.partition,
+                        it.fetch_offset,
+                        it.replica.is_some(),
+                    )
+                })
                 .collect();
             Box::pin(async move {
                 let _ = local
@@ -328,13 +422,22 @@ async fn wait_for_data(shard: &Rc<Shard>, items: &[Item], deadline: Instant) {
     futures::future::select_all(waits).await;
 }
 
-async fn wait_on_shard(shard: Rc<Shard>, watch: Vec<(String, i32, i64)>, deadline: Instant) {
+/// A partition a fetch waits on: topic, partition, fetch offset, and whether a follower
+/// waits (for the log end to pass it, not the high watermark).
+type Watch = (String, i32, i64, bool);
+
+async fn wait_on_shard(shard: Rc<Shard>, watch: Vec<Watch>, deadline: Instant) {
     let mut listeners = Vec::new();
-    for (topic, partition, offset) in watch {
+    for (topic, partition, offset, follower) in watch {
         if let Some(p) = shard.partition(&topic, partition) {
             // Registered before the check, so an advance in between is not missed.
             let listener = Box::pin(p.listen_visible());
-            if p.high_watermark().0 > offset {
+            let reached = if follower {
+                p.log_end_offset()
+            } else {
+                p.high_watermark()
+            };
+            if reached.0 > offset {
                 return;
             }
             listeners.push(listener);
