@@ -172,9 +172,12 @@ impl Controller {
         self.last_heartbeat.insert(reg.broker_id, now_ms);
         self.contacted.insert(reg.broker_id, now_ms);
         let mut records = Vec::new();
-        // A re-registration fences the old incarnation's leaderships first.
+        // A re-registration moves the old incarnation's leaderships away first, except
+        // those of partitions it is the only ISR member of: nobody else could lead them,
+        // and taking them offline only to hand them back at the unfence would bump their
+        // epoch twice (and, should the unfence fail to commit, leave them offline).
         if image.brokers.contains_key(&reg.broker_id) {
-            records.extend(self.leaderships_moved_from(config, image, reg.broker_id));
+            records.extend(self.leaderships_moved(config, image, reg.broker_id, true));
         }
         records.push(MetadataRecord::RegisterBroker {
             broker_id: reg.broker_id,
@@ -261,12 +264,27 @@ impl Controller {
         image: &ClusterImage,
         gone: i32,
     ) -> Vec<MetadataRecord> {
+        self.leaderships_moved(config, image, gone, false)
+    }
+
+    /// Moves `gone`'s leaderships and ISR memberships away; `keep_sole`: partitions whose
+    /// ISR is `gone` alone keep it as leader.
+    fn leaderships_moved(
+        &self,
+        config: &ControllerConfig,
+        image: &ClusterImage,
+        gone: i32,
+        keep_sole: bool,
+    ) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
         let usable = |b: i32| b != gone && image.brokers.get(&b).is_some_and(|x| !x.fenced);
         for (id, t) in &image.topics {
             for (i, p) in t.partitions.iter().enumerate() {
                 let in_isr = p.isr.contains(&gone);
                 if p.leader != gone && !in_isr {
+                    continue;
+                }
+                if keep_sole && p.isr == [gone] {
                     continue;
                 }
                 let rest: Vec<i32> = p.isr.iter().copied().filter(|b| *b != gone).collect();
@@ -1007,5 +1025,31 @@ mod tests {
             image.topics[&t.topic_id].partitions[0].leader, follower,
             "the old leader returns as a follower"
         );
+    }
+
+    #[test]
+    fn a_reregistration_keeps_what_only_it_can_lead() {
+        let (mut image, mut c) = cluster([None, None, None], [1, 1, 1]);
+        let solo = new_topic("solo", 6, 3, 1);
+        let shared = new_topic("shared", 7, 3, 3);
+        for t in [&solo, &shared] {
+            let r = c.create_topic(&CONFIG, &image, t).unwrap();
+            commit(&mut image, r);
+        }
+        // Broker 1 restarts (a new incarnation, its old session expired long ago).
+        let mut again = reg(1, None, 1);
+        again.incarnation = [42; 16];
+        let r = c.register(&CONFIG, &image, again, 1_000_000).unwrap();
+        commit(&mut image, r);
+        for p in &image.topics[&solo.topic_id].partitions {
+            if p.replicas == [1] {
+                assert_eq!(p.leader, 1, "the only replica keeps leading: {p:?}");
+                assert_eq!(p.leader_epoch, 0, "no offline round trip");
+            }
+        }
+        for p in &image.topics[&shared.topic_id].partitions {
+            assert_ne!(p.leader, 1, "led elsewhere while 1 catches up: {p:?}");
+            assert!(!p.isr.contains(&1), "{p:?}");
+        }
     }
 }
