@@ -134,6 +134,16 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms` (30000): a follower not caught up for this long leaves
     /// the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `sluice.replication.factor.max` (1): the largest replication factor a topic may have.
+    /// Partition replication is being built (followers fetch and acks=all waits for the ISR,
+    /// but ISR changes do not reach the controller yet), so it stays off by default.
+    pub replication_factor_max: usize,
+    /// `replica.fetch.max.bytes` (1 MiB): what a follower asks per partition.
+    pub replica_fetch_max_bytes: usize,
+    /// `replica.fetch.response.max.bytes` (10 MiB): what a follower asks per fetch.
+    pub replica_fetch_response_max_bytes: usize,
+    /// `replica.fetch.wait.max.ms` (500): how long a leader holds a follower's fetch.
+    pub replica_fetch_wait_max_ms: u64,
     /// `unclean.leader.election.enable` (false): the controller may elect a replica outside
     /// the ISR when no ISR member is alive (topics may override it).
     pub unclean_leader_election: bool,
@@ -213,6 +223,10 @@ impl Default for BrokerConfig {
             controller_listen: None,
             unclean_leader_election: false,
             replica_lag_time_max_ms: 30_000,
+            replication_factor_max: 1,
+            replica_fetch_max_bytes: 1 << 20,
+            replica_fetch_response_max_bytes: 10 << 20,
+            replica_fetch_wait_max_ms: 500,
             rack: None,
             broker_heartbeat_interval_ms: 2_000,
             broker_session_timeout_ms: 9_000,
@@ -339,6 +353,26 @@ impl BrokerConfig {
                 "process.roles" => self.roles = parse_roles(value)?,
                 "replica.lag.time.max.ms" => {
                     self.replica_lag_time_max_ms = parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "sluice.replication.factor.max" => {
+                    self.replication_factor_max = parse::<std::num::NonZeroUsize>(key, value)?
+                        .get()
+                        .min(i16::MAX as usize)
+                }
+                "replica.fetch.max.bytes" => {
+                    self.replica_fetch_max_bytes = parse::<std::num::NonZeroUsize>(key, value)?
+                        .get()
+                        .min(i32::MAX as usize)
+                }
+                "replica.fetch.response.max.bytes" => {
+                    self.replica_fetch_response_max_bytes =
+                        parse::<std::num::NonZeroUsize>(key, value)?
+                            .get()
+                            .min(i32::MAX as usize)
+                }
+                "replica.fetch.wait.max.ms" => {
+                    self.replica_fetch_wait_max_ms =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
                 }
                 "unclean.leader.election.enable" => {
                     self.unclean_leader_election = parse(key, value)?

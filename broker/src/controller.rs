@@ -226,7 +226,7 @@ impl Controller {
     fn decisions_config(&self) -> ControllerConfig {
         ControllerConfig {
             session_timeout_ms: self.config.broker_session_timeout_ms,
-            max_replication_factor: 1,
+            max_replication_factor: self.config.replication_factor_max,
             unclean_leader_election: self.config.unclean_leader_election,
         }
     }

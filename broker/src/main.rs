@@ -14,6 +14,7 @@ mod metadata_log;
 mod metadata_observer;
 mod metrics;
 mod peers;
+mod replica_fetcher;
 mod runtime;
 mod server;
 mod shard;

@@ -8,7 +8,7 @@
 //! by the controller in version order (see `controller.rs`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -77,6 +77,8 @@ pub struct Shard {
     /// The consumer groups whose `__consumer_offsets` partitions this shard owns.
     pub groups: RefCell<Coordinator>,
     pub metrics: Metrics,
+    /// One replica fetcher per broker this shard follows partitions from.
+    pub fetchers: crate::replica_fetcher::Fetchers,
 }
 
 /// Counts a request as in flight until dropped (see [`Shard::drain`]).
@@ -126,6 +128,7 @@ impl Shard {
             producer_ids: RefCell::new(0..0),
             groups,
             metrics: Metrics::default(),
+            fetchers: Default::default(),
         });
         *shard.self_ref.borrow_mut() = Rc::downgrade(&shard);
         shard
@@ -446,6 +449,8 @@ impl Shard {
     fn apply_roles(&self, image: &MetadataImage) {
         let me = self.config.node_id;
         let now = crate::handlers::now_ms();
+        let mut followed: BTreeMap<i32, BTreeMap<(String, i32), crate::replica_fetcher::Followed>> =
+            BTreeMap::new();
         for ((topic, index), p) in self.partitions.borrow().iter() {
             let Some(meta) = image
                 .topics
@@ -485,14 +490,26 @@ impl Shard {
                 } else if p.committed_isr() != isr {
                     p.isr_committed(Some(&isr));
                 }
-            } else if p.is_leader()
-                || p.leader() != BrokerId(meta.leader)
-                || p.leader_epoch() != epoch
-            {
-                tracing::debug!(%topic, partition = index, leader = meta.leader, epoch = epoch.0, "following");
-                p.become_follower(BrokerId(meta.leader), epoch);
+            } else {
+                if p.is_leader() || p.leader() != BrokerId(meta.leader) || p.leader_epoch() != epoch
+                {
+                    tracing::debug!(%topic, partition = index, leader = meta.leader, epoch = epoch.0, "following");
+                    p.become_follower(BrokerId(meta.leader), epoch);
+                }
+                if meta.leader >= 0 {
+                    if let Some(t) = image.topics.get(topic) {
+                        followed.entry(meta.leader).or_default().insert(
+                            (topic.clone(), *index),
+                            crate::replica_fetcher::Followed {
+                                topic_id: t.uuid(),
+                                leader_epoch: meta.leader_epoch,
+                            },
+                        );
+                    }
+                }
             }
         }
+        self.fetchers.update(&self.rc(), followed);
     }
 
     /// The settings a topic's logs run with: broker defaults and the topic's configs.
@@ -573,6 +590,8 @@ impl Shard {
     /// Flushes and closes every log of this shard.
     pub async fn close_logs(&self) {
         self.stopping.set(true);
+        // Followers append nothing more once their logs close.
+        self.fetchers.stop_all();
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         for p in parts {
             if let Err(e) = p.close().await {

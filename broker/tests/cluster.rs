@@ -799,3 +799,81 @@ fn dedicated_controllers_and_brokers_split_the_roles() {
         metadata(&mut cluster.client(2), Some("after-restart")).topics[0].error_code == 0
     });
 }
+
+#[test]
+fn a_replicated_partition_keeps_acknowledged_records_across_a_leader_change() {
+    let mut props = FAST.to_vec();
+    props.push("sluice.replication.factor.max=3");
+    let cluster = Cluster::start(3, &props);
+    assert_eq!(cluster.client(1).create_topic_rf("r", 1, 3), 0);
+    let replicas = |node: i32| {
+        let md = metadata(&mut cluster.client(node), Some("r"));
+        let p = &md.topics[0].partitions[0];
+        (
+            p.leader_id.0,
+            p.replica_nodes.iter().map(|b| b.0).collect::<Vec<_>>(),
+            p.isr_nodes.iter().map(|b| b.0).collect::<Vec<_>>(),
+        )
+    };
+    wait_until("the topic everywhere", Duration::from_secs(10), || {
+        (1..=3).all(|n| metadata(&mut cluster.client(n), Some("r")).topics[0].error_code == 0)
+    });
+    let (leader, reps, isr) = replicas(1);
+    assert_eq!(reps.len(), 3, "{reps:?}");
+    assert_eq!(isr.len(), 3, "{isr:?}");
+    // acks=all is answered once both followers have the batches on disk. (A leader that
+    // moves meanwhile — a loaded machine can miss a heartbeat — answers NOT_LEADER, which a
+    // client retries at the new leader: nothing was appended.)
+    let mut leader = leader;
+    for i in 0..10 {
+        let v = format!("r{i}").into_bytes();
+        let mut tries = 0;
+        loop {
+            let mut c = cluster.client(leader);
+            let r = c.produce(
+                "r",
+                &[(0, batch(std::slice::from_ref(&v), 1, Compression::None))],
+                -1,
+            );
+            if r[0].1 == NOT_LEADER_OR_FOLLOWER && tries < 20 {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(200));
+                leader = replicas(1).0.max(1);
+                continue;
+            }
+            assert_eq!(r[0].1, 0, "acks=all produce {i}");
+            assert_eq!(r[0].2, i as i64);
+            break;
+        }
+    }
+    let mut c = cluster.client(leader);
+    assert_eq!(c.fetch_all("r", 0).len(), 10);
+    // The leader stops (SIGTERM: controlled shutdown): another ISR member leads, and has
+    // every acknowledged record.
+    cluster.signal(leader, libc::SIGTERM);
+    let other = reps.iter().copied().find(|b| *b != leader).unwrap();
+    wait_until("a new leader", Duration::from_secs(20), || {
+        let (l, _, _) = replicas(other);
+        l >= 0 && l != leader
+    });
+    let (next, _, isr) = replicas(other);
+    assert!(!isr.contains(&leader), "{isr:?}");
+    let mut c = cluster.client(next);
+    let recs = c.fetch_all("r", 0);
+    let values: Vec<_> = recs.iter().map(|r| r.value.clone().unwrap()).collect();
+    let want: Vec<_> = (0..10)
+        .map(|i| bytes::Bytes::from(format!("r{i}")))
+        .collect();
+    assert_eq!(
+        values, want,
+        "the new leader {next} lost acknowledged records"
+    );
+    // It takes writes, replicated to the remaining follower.
+    let r = c.produce(
+        "r",
+        &[(0, batch(&[b"after".to_vec()], 1, Compression::None))],
+        -1,
+    );
+    assert_eq!(r[0].1, 0);
+    assert_eq!(r[0].2, 10);
+}

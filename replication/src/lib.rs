@@ -419,25 +419,20 @@ impl Partition {
                 return self.log.append_as_follower(records, now_ms).await;
             }
         };
-        let info = self
-            .log
+        self.log
             .append(
                 append.records(),
                 self.leader_epoch.get().0,
                 max_batch_bytes,
                 now_ms,
             )
-            .await?;
-        // Followers' long polls wait for the log end, not for this node's durability.
-        if self.has_followers() {
-            self.visible.notify(usize::MAX);
-        }
-        Ok(info)
+            .await
     }
 
-    /// Whether this replica leads others.
-    fn has_followers(&self) -> bool {
-        matches!(&*self.role.borrow(), Role::Leader(l) if l.has_followers())
+    /// Everything below this offset is on this node's disk (and readable: reads serve
+    /// durable data only, so a follower's fetch waits for it too).
+    pub fn durable_offset(&self) -> Offset {
+        self.log.durable_offset()
     }
 
     /// Waits until every offset below `end_offset` is committed (below the high watermark),
@@ -509,8 +504,8 @@ impl Partition {
     }
 
     /// A follower's read on the leader: whole batches from the one holding `offset` up to
-    /// the log end (not the high watermark: followers replicate what is not yet committed),
-    /// at least one batch, about `max_bytes`.
+    /// this node's durable offset (not the high watermark: followers replicate what is not
+    /// yet committed), at least one batch, about `max_bytes`.
     pub async fn read_for_follower(
         &self,
         offset: Offset,
@@ -552,6 +547,26 @@ impl Partition {
 
     pub fn log_start_offset(&self) -> Offset {
         self.log.log_start_offset()
+    }
+
+    /// The epoch of this log's last batch, if any carries one (a follower's
+    /// LastFetchedEpoch).
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.log.latest_epoch().map(LeaderEpoch)
+    }
+
+    /// This log's own OffsetsForLeaderEpoch answer, from its stored epochs only (a
+    /// follower's side of a truncation).
+    pub fn local_end_offset_for_epoch(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        self.log
+            .end_offset_for_epoch(epoch.0)
+            .map(|(e, o)| (LeaderEpoch(e), o))
+    }
+
+    /// Waits until every offset below `end_offset` is durable on this node (a follower
+    /// reports only that much as fetched).
+    pub async fn wait_durable(&self, end_offset: Offset) -> Result<(), StorageError> {
+        self.log.wait_durable(end_offset).await
     }
 
     /// The leader epoch of the batch holding `offset` (the newest epoch starting at or

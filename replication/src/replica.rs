@@ -147,10 +147,6 @@ impl LeaderState {
         &self.isr
     }
 
-    pub fn has_followers(&self) -> bool {
-        !self.followers.is_empty()
-    }
-
     /// Every replica: this leader, then its followers.
     pub fn replicas(&self) -> Vec<BrokerId> {
         std::iter::once(self.me)

@@ -91,7 +91,10 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest) -> CreateTop
                         Ok(meta) => {
                             r.topic_id = meta.uuid();
                             r.num_partitions = meta.partitions.len() as i32;
-                            r.replication_factor = 1;
+                            r.replication_factor = meta
+                                .partitions
+                                .first()
+                                .map_or(1, |p| p.replicas.len().max(1) as i16);
                             r.configs = Some(Vec::new());
                         }
                         Err(e) => {

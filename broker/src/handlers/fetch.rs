@@ -423,7 +423,7 @@ async fn wait_for_data(shard: &Rc<Shard>, items: &[Item], deadline: Instant) {
 }
 
 /// A partition a fetch waits on: topic, partition, fetch offset, and whether a follower
-/// waits (for the log end to pass it, not the high watermark).
+/// waits (for this node's durable offset to pass it, not the high watermark).
 type Watch = (String, i32, i64, bool);
 
 async fn wait_on_shard(shard: Rc<Shard>, watch: Vec<Watch>, deadline: Instant) {
@@ -432,8 +432,9 @@ async fn wait_on_shard(shard: Rc<Shard>, watch: Vec<Watch>, deadline: Instant) {
         if let Some(p) = shard.partition(&topic, partition) {
             // Registered before the check, so an advance in between is not missed.
             let listener = Box::pin(p.listen_visible());
+            // A follower reads what is durable here; a consumer what is committed.
             let reached = if follower {
-                p.log_end_offset()
+                p.durable_offset()
             } else {
                 p.high_watermark()
             };

@@ -33,6 +33,10 @@ struct Item {
     records: Option<Bytes>,
     /// The topic's `max.message.bytes`.
     max_batch_bytes: usize,
+    /// acks=all: the topic's `min.insync.replicas` (None for acks=1 and acks=0).
+    acks_all_min_isr: Option<usize>,
+    /// The request's `timeout_ms` (acks=all waits for the replicas at most this long).
+    timeout: std::time::Duration,
 }
 
 struct Outcome {
@@ -46,6 +50,7 @@ struct Outcome {
 
 pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
+    let req_timeout_ms = req.timeout_ms.max(0) as u64;
     let image = ctx.shard.metadata();
     let mut responses: Vec<TopicProduceResponse> = Vec::with_capacity(req.topic_data.len());
     // Each response topic's resolved name (a v13 request names topics by id only).
@@ -81,6 +86,14 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
             ),
             codec: topic_config::fixed_codec(&meta.configs),
             max_batch_bytes: topic_config::max_message_bytes(&ctx.shard.config, &meta.configs),
+            min_isr: topic_config::effective_value(
+                &ctx.shard.config,
+                &meta.configs,
+                "min.insync.replicas",
+            )
+            .parse::<usize>()
+            .unwrap_or(1)
+            .max(1),
         });
         for (pi, part) in topic.partition_data.into_iter().enumerate() {
             let mut pr = PartitionProduceResponse::default();
@@ -136,6 +149,8 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest) -> Option<Produce
                         partition: part.index,
                         records,
                         max_batch_bytes: settings.max_batch_bytes,
+                        acks_all_min_isr: (acks == -1).then_some(settings.min_isr),
+                        timeout: std::time::Duration::from_millis(req_timeout_ms),
                     })
                 }
                 None => {
@@ -273,6 +288,8 @@ struct TopicSettings {
     rules: protocol::validate::ClientRules,
     codec: Option<Codec>,
     max_batch_bytes: usize,
+    /// `min.insync.replicas` (for acks=all).
+    min_isr: usize,
 }
 
 /// One partition's records to check before appending.
@@ -379,6 +396,16 @@ async fn append_on_shard(
                 );
                 return (item, Err(e));
             };
+            if let Some(min_isr) = item.acks_all_min_isr {
+                if let Err(e) = partition.check_acks_all(min_isr) {
+                    let e = Outcome::error(
+                        item.slot,
+                        acks_error_code(&e),
+                        format!("{}-{}: {e:?}", item.topic, item.partition),
+                    );
+                    return (item, Err(e));
+                }
+            }
             let records = item.records.take().unwrap_or_default();
             let append = Append::Client {
                 records,
@@ -395,7 +422,53 @@ async fn append_on_shard(
         .map(|(item, appended)| async move {
             let result = match appended {
                 Err(outcome) => return outcome,
-                Ok((p, Ok(info))) => p.wait_committed(info.end_offset).await.map(|_| info),
+                Ok((p, Ok(info))) => match item.acks_all_min_isr {
+                    // acks=1, or a leader alone: durable here is replicated everywhere.
+                    None => p.wait_committed(info.end_offset).await.map(|_| info),
+                    Some(min_isr) if p.leader_replicas().len() <= 1 => {
+                        match p.wait_replicated(info.end_offset, min_isr).await {
+                            Ok(Ok(())) => Ok(info),
+                            Ok(Err(e)) => {
+                                return Outcome::error(
+                                    item.slot,
+                                    acks_error_code(&e),
+                                    format!("{}-{}: {e:?}", item.topic, item.partition),
+                                )
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    // acks=all: answered once the high watermark passes the batch (every
+                    // ISR member has it on disk), within the request's timeout.
+                    Some(min_isr) => {
+                        let waited = crate::peers::within(
+                            item.timeout,
+                            p.wait_replicated(info.end_offset, min_isr),
+                        )
+                        .await;
+                        match waited {
+                            Some(Ok(Ok(()))) => Ok(info),
+                            Some(Ok(Err(e))) => {
+                                return Outcome::error(
+                                    item.slot,
+                                    acks_error_code(&e),
+                                    format!("{}-{}: {e:?}", item.topic, item.partition),
+                                )
+                            }
+                            Some(Err(e)) => Err(e),
+                            None => {
+                                return Outcome::error(
+                                    item.slot,
+                                    ResponseError::RequestTimedOut,
+                                    format!(
+                                        "{}-{}: not replicated to the ISR within {:?}",
+                                        item.topic, item.partition, item.timeout
+                                    ),
+                                )
+                            }
+                        }
+                    }
+                },
                 Ok((_, Err(e))) => Err(e),
             };
             match result {
@@ -413,4 +486,16 @@ async fn append_on_shard(
             }
         });
     futures::future::join_all(durable).await
+}
+
+/// The produce error for an acks=all refusal.
+fn acks_error_code(e: &replication::replica::AcksError) -> ResponseError {
+    use replication::replica::AcksError;
+    match e {
+        AcksError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+        AcksError::NotEnoughReplicasAfterAppend { .. } => {
+            ResponseError::NotEnoughReplicasAfterAppend
+        }
+        AcksError::NotLeader => ResponseError::NotLeaderOrFollower,
+    }
 }

@@ -355,10 +355,15 @@ impl Client {
     }
 
     pub fn create_topic(&mut self, name: &str, partitions: i32) -> i16 {
+        self.create_topic_rf(name, partitions, 1)
+    }
+
+    /// CreateTopics with a replication factor; returns the error code.
+    pub fn create_topic_rf(&mut self, name: &str, partitions: i32, factor: i16) -> i16 {
         let mut t = create_topics_request::CreatableTopic::default();
         t.name = TopicName(StrBytes::from_string(name.into()));
         t.num_partitions = partitions;
-        t.replication_factor = 1;
+        t.replication_factor = factor;
         let mut req = CreateTopicsRequest::default();
         req.topics = vec![t];
         req.timeout_ms = 10_000;
