@@ -155,6 +155,15 @@ pub enum ControllerCall {
     },
     ProducerIds,
     DescribeQuorum,
+    /// A partition leader's ISR change (Kafka's AlterPartition).
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
 }
 
 /// The metadata quorum as the active controller sees it (DescribeQuorum).
@@ -178,6 +187,8 @@ pub enum ControllerAnswer {
     AlterConfigs(Vec<Result<(), AlterConfigsError>>),
     ProducerIds(Result<(i64, i64), String>),
     Quorum(QuorumState),
+    /// The ISR committed, or why the change was refused.
+    AlterPartition(Result<Vec<i32>, String>),
 }
 
 /// The active controller's state for one term: its decisions' memory (brokers' last
@@ -1328,6 +1339,91 @@ impl Controller {
                     .map(|r| (r.start, r.end))
                     .map_err(|e| format!("{e:#}")),
             ),
+            ControllerCall::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => ControllerAnswer::AlterPartition(
+                self.alter_partition_local(
+                    topic,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                )
+                .await,
+            ),
+        }
+    }
+
+    /// Commits a leader's ISR change if the decisions accept it; returns the ISR then.
+    async fn alter_partition_local(
+        &self,
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    ) -> Result<Vec<i32>, String> {
+        let (r, _) = self
+            .mutate(|image, d, _| {
+                let Some((id, _)) = image.topic(&topic) else {
+                    return (Vec::new(), Err(format!("unknown topic {topic}")));
+                };
+                let req = replication::metadata::controller::AlterPartition {
+                    topic_id: *id,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                };
+                match d.alter_partition(image, &req) {
+                    Ok(records) => (records, Ok(*id)),
+                    Err(e) => (Vec::new(), Err(e.to_string())),
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = r?;
+        let image = self.log().map_err(|e| e.to_string())?.image();
+        image
+            .topics
+            .get(&id)
+            .and_then(|t| t.partitions.get(usize::try_from(partition).ok()?))
+            .map(|p| p.isr.clone())
+            .ok_or_else(|| format!("{topic}-{partition} is gone"))
+    }
+
+    /// A partition leader's ISR change, decided by the active controller (forwarded there).
+    pub async fn alter_partition(
+        &self,
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    ) -> Result<Vec<i32>, String> {
+        match self
+            .route(ControllerCall::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            })
+            .await
+        {
+            Ok(ControllerAnswer::AlterPartition(r)) => r,
+            Ok(_) => Err(mismatch().to_string()),
+            Err(e) => Err(e.to_string()),
         }
     }
 

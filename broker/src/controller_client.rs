@@ -47,6 +47,23 @@ impl<'a> ControllerClient<'a> {
         ControllerClient { shard }
     }
 
+    /// A partition leader's ISR change: the ISR committed, or why it was refused.
+    pub async fn alter_partition(
+        &self,
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    ) -> Result<Result<Vec<i32>, String>, ControllerUnavailable> {
+        self.call(move |c| async move {
+            c.alter_partition(topic, partition, leader, leader_epoch, partition_epoch, isr)
+                .await
+        })
+        .await
+    }
+
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ControllerUnavailable>
     where
         T: Send + 'static,

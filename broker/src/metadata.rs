@@ -49,6 +49,10 @@ pub struct PartitionMeta {
     /// Bumped by the controller at every leader change; the leader stamps it on batches.
     #[serde(default)]
     pub leader_epoch: i32,
+    /// Bumped at every change of the partition (ISR included): an ISR change is made
+    /// against it, so that a stale one is refused.
+    #[serde(default)]
+    pub partition_epoch: i32,
 }
 
 fn no_leader() -> i32 {
@@ -65,6 +69,7 @@ impl PartitionMeta {
             replicas: Vec::new(),
             isr: Vec::new(),
             leader_epoch: 0,
+            partition_epoch: 0,
         }
     }
 
@@ -164,6 +169,7 @@ impl MetadataImage {
                     replicas: p.replicas.clone(),
                     isr: p.isr.clone(),
                     leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
                 })
                 .collect(),
             configs: t.configs.clone(),

@@ -167,6 +167,7 @@ pub fn run(config: BrokerConfig) -> Result<()> {
                 glommio::spawn_local(shard.clone().expire_producers_loop()).detach();
                 glommio::spawn_local(shard.clone().groups_loop()).detach();
                 glommio::spawn_local(shard.clone().retention_loop()).detach();
+                glommio::spawn_local(shard.clone().isr_loop()).detach();
                 let exit = shard.exit.listen();
                 if i == 0 {
                     let ready = match bootstrap(&shard).await {

@@ -81,6 +81,9 @@ pub struct Shard {
     pub fetchers: crate::replica_fetcher::Fetchers,
 }
 
+/// How often a leader checks whether its ISR should shrink or grow.
+pub const ISR_CHECK_INTERVAL_MS: u64 = 250;
+
 /// Counts a request as in flight until dropped (see [`Shard::drain`]).
 pub struct InflightGuard {
     inflight: Rc<Cell<usize>>,
@@ -550,6 +553,71 @@ impl Shard {
                         tracing::warn!(topic = %p.topic(), partition = p.index(), error = %e, "retention failed")
                     }
                 }
+            }
+        }
+    }
+
+    /// Each partition this shard leads proposes the ISR change its followers' progress
+    /// calls for (a lagging member out, a caught-up replica in) to the controller, one at a
+    /// time per partition; the committed ISR comes back in the answer (and the image).
+    pub async fn isr_loop(self: Rc<Self>) {
+        let interval = std::time::Duration::from_millis(ISR_CHECK_INTERVAL_MS);
+        while !self.is_stopping() {
+            glommio::timer::sleep(interval).await;
+            let now = crate::handlers::now_ms();
+            let parts: Vec<((String, i32), Rc<Partition>)> = self
+                .partitions
+                .borrow()
+                .iter()
+                .filter(|(_, p)| p.is_leader())
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect();
+            for ((topic, index), p) in parts {
+                let Some(change) = p.isr_change(now) else {
+                    continue;
+                };
+                let Some(meta) = self
+                    .metadata()
+                    .topics
+                    .get(&topic)
+                    .and_then(|t| t.partitions.get(usize::try_from(index).ok()?).cloned())
+                else {
+                    continue;
+                };
+                let isr: Vec<i32> = match &change {
+                    replication::replica::IsrChange::Shrink(s)
+                    | replication::replica::IsrChange::Expand(s) => s.iter().map(|b| b.0).collect(),
+                };
+                tracing::info!(%topic, partition = index, ?change, "proposing an ISR change");
+                p.isr_proposed(&change);
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let answer = crate::controller_client::ControllerClient::new(&shard)
+                        .alter_partition(
+                            topic.clone(),
+                            index,
+                            shard.config.node_id,
+                            meta.leader_epoch,
+                            meta.partition_epoch,
+                            isr,
+                        )
+                        .await;
+                    match answer {
+                        Ok(Ok(isr)) => {
+                            let isr: Vec<BrokerId> = isr.into_iter().map(BrokerId).collect();
+                            p.isr_committed(Some(&isr));
+                        }
+                        Ok(Err(why)) => {
+                            tracing::warn!(%topic, partition = index, reason = %why, "ISR change refused");
+                            p.isr_committed(None);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%topic, partition = index, error = %e, "ISR change not sent");
+                            p.isr_committed(None);
+                        }
+                    }
+                })
+                .detach();
             }
         }
     }

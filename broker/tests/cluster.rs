@@ -877,3 +877,59 @@ fn a_replicated_partition_keeps_acknowledged_records_across_a_leader_change() {
     assert_eq!(r[0].1, 0);
     assert_eq!(r[0].2, 10);
 }
+
+#[test]
+fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
+    // A follower silent for replica.lag.time.max.ms leaves the ISR (well before its
+    // session would expire), so acks=all goes on without it; it rejoins once caught up.
+    let cluster = Cluster::start(
+        3,
+        &[
+            "sluice.replication.factor.max=3",
+            "replica.lag.time.max.ms=1500",
+            "broker.heartbeat.interval.ms=300",
+            "broker.session.timeout.ms=60000",
+        ],
+    );
+    assert_eq!(cluster.client(1).create_topic_rf("s", 1, 3), 0);
+    let state = |node: i32| {
+        let md = metadata(&mut cluster.client(node), Some("s"));
+        let p = &md.topics[0].partitions[0];
+        let mut isr: Vec<i32> = p.isr_nodes.iter().map(|b| b.0).collect();
+        isr.sort();
+        (p.leader_id.0, isr)
+    };
+    wait_until("the topic everywhere", Duration::from_secs(10), || {
+        (1..=3).all(|n| metadata(&mut cluster.client(n), Some("s")).topics[0].error_code == 0)
+    });
+    let (leader, isr) = state(1);
+    assert_eq!(isr, [1, 2, 3]);
+    let produce = |v: &[u8]| {
+        cluster
+            .client(leader)
+            .produce("s", &[(0, batch(&[v.to_vec()], 1, Compression::None))], -1)[0]
+            .1
+    };
+    assert_eq!(produce(b"a"), 0);
+    let follower = (1..=3).find(|b| *b != leader).unwrap();
+    cluster.signal(follower, libc::SIGSTOP);
+    // Answered once the ISR shrank (the request timeout is 10 s; the lag limit 1.5 s).
+    assert_eq!(produce(b"b"), 0, "acks=all with a stopped follower");
+    let (_, isr) = state(leader);
+    assert!(!isr.contains(&follower), "{isr:?}");
+    assert_eq!(isr.len(), 2);
+    cluster.signal(follower, libc::SIGCONT);
+    wait_until(
+        "the follower back in the ISR",
+        Duration::from_secs(30),
+        || state(leader).1 == [1, 2, 3],
+    );
+    assert_eq!(produce(b"c"), 0);
+    let values: Vec<_> = cluster
+        .client(leader)
+        .fetch_all("s", 0)
+        .iter()
+        .map(|r| r.value.clone().unwrap())
+        .collect();
+    assert_eq!(values, [&b"a"[..], b"b", b"c"]);
+}
