@@ -859,11 +859,21 @@ fn a_replicated_partition_keeps_acknowledged_records_across_a_leader_change() {
     let (next, _, isr) = replicas(other);
     assert!(!isr.contains(&leader), "{isr:?}");
     let mut c = cluster.client(next);
-    let recs = c.fetch_all("r", 0);
-    let values: Vec<_> = recs.iter().map(|r| r.value.clone().unwrap()).collect();
     let want: Vec<_> = (0..10)
         .map(|i| bytes::Bytes::from(format!("r{i}")))
         .collect();
+    // Visible once the new leader's high watermark has moved (the remaining follower
+    // fetches from it), as a consumer would see by polling.
+    let mut values = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while values.len() < want.len() && Instant::now() < deadline {
+        values = c
+            .fetch_all("r", 0)
+            .iter()
+            .map(|r| r.value.clone().unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         values, want,
         "the new leader {next} lost acknowledged records"

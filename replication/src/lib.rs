@@ -325,6 +325,8 @@ impl Partition {
                 *leader_high_watermark = hw;
             }
         }
+        // Kept current, so that a follower becoming leader starts from what it knew.
+        self.high_watermark();
         self.visible.notify(usize::MAX);
     }
 
