@@ -264,16 +264,19 @@ pub fn topic(g: &Global, cmd: TopicCmd) -> Result<()> {
                     )
                 })
                 .collect();
-            let parts: Vec<(i32, i32, Vec<i32>, Vec<i32>)> = t
+            let parts: Vec<serde_json::Value> = t
                 .partitions
                 .iter()
                 .map(|p| {
-                    (
-                        p.partition_index,
-                        p.leader_id.0,
-                        p.replica_nodes.iter().map(|b| b.0).collect(),
-                        p.isr_nodes.iter().map(|b| b.0).collect(),
-                    )
+                    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+                    json!({
+                        "partition": p.partition_index,
+                        "leader": p.leader_id.0,
+                        "leader_epoch": p.leader_epoch,
+                        "replicas": ids(&p.replica_nodes),
+                        "isr": ids(&p.isr_nodes),
+                        "offline": ids(&p.offline_replicas),
+                    })
                 })
                 .collect();
             match g.format {
@@ -282,23 +285,29 @@ pub fn topic(g: &Global, cmd: TopicCmd) -> Result<()> {
                     json!({
                         "topic": name,
                         "topic_id": t.topic_id.to_string(),
-                        "partitions": parts.iter().map(|(p, l, r, i)| json!({"partition": p, "leader": l, "replicas": r, "isr": i})).collect::<Vec<_>>(),
+                        "partitions": parts,
                         "configs": set.iter().cloned().collect::<BTreeMap<_, _>>(),
                     })
                 ),
                 Format::Table => {
                     println!("topic {name} ({} partitions)", parts.len());
+                    let cell = |v: &serde_json::Value| v.to_string().replace(',', ", ");
                     print_table(
-                        &["PARTITION", "LEADER", "REPLICAS", "ISR"],
+                        &["PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "OFFLINE"],
                         &parts
                             .iter()
-                            .map(|(p, l, r, i)| {
-                                vec![
-                                    p.to_string(),
-                                    l.to_string(),
-                                    format!("{r:?}"),
-                                    format!("{i:?}"),
+                            .map(|p| {
+                                [
+                                    "partition",
+                                    "leader",
+                                    "leader_epoch",
+                                    "replicas",
+                                    "isr",
+                                    "offline",
                                 ]
+                                .iter()
+                                .map(|k| cell(&p[*k]))
+                                .collect()
                             })
                             .collect::<Vec<_>>(),
                     );

@@ -74,6 +74,12 @@ fn cli_manages_topics_records_and_groups() {
     let d = ok_json(&broker, &["topic", "describe", "orders"]);
     assert_eq!(d["partitions"].as_array().unwrap().len(), 3);
     assert_eq!(d["configs"]["retention.ms"], "3600000");
+    let p0 = &d["partitions"][0];
+    assert_eq!(p0["leader"], 0, "{d}");
+    assert_eq!(p0["leader_epoch"], 0, "{d}");
+    assert_eq!(p0["replicas"], serde_json::json!([0]), "{d}");
+    assert_eq!(p0["isr"], serde_json::json!([0]), "{d}");
+    assert_eq!(p0["offline"], serde_json::json!([]), "{d}");
 
     // Produce keyed lines with a header; the same key always lands in one partition.
     let lines: String = (0..30).map(|i| format!("k{}:v{i}\n", i % 5)).collect();
