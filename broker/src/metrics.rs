@@ -53,6 +53,9 @@ pub struct Metrics {
     pub connections_timed_out: Cell<u64>,
     /// Connection warnings left out of the log by the rate limit.
     pub log_lines_suppressed: Cell<u64>,
+    /// ISR shrinks and expansions this shard's leaders had committed.
+    pub isr_shrinks: Cell<u64>,
+    pub isr_expands: Cell<u64>,
 }
 
 impl Metrics {
@@ -89,6 +92,10 @@ pub struct ShardSnapshot {
     pub connections_refused: u64,
     pub connections_timed_out: u64,
     pub log_lines_suppressed: u64,
+    pub isr_shrinks: u64,
+    pub isr_expands: u64,
+    /// Partitions this shard leads whose ISR is smaller than their replica set.
+    pub under_replicated: u64,
     pub sync_latency: SyncLatency,
     pub partitions: Vec<PartitionStats>,
     /// (group, topic, partition, committed offset) of the groups this shard coordinates.
@@ -176,7 +183,7 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             );
         }
     }
-    let per_shard: [ShardFamily; 9] = [
+    let per_shard: [ShardFamily; 12] = [
         (
             "sluice_bytes_received_total",
             "counter",
@@ -230,6 +237,24 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             "counter",
             "Connection warnings left out of the log by its rate limit.",
             |s| s.log_lines_suppressed,
+        ),
+        (
+            "sluice_isr_shrinks_total",
+            "counter",
+            "ISR shrinks of partitions this shard leads (a follower lagging past replica.lag.time.max.ms).",
+            |s| s.isr_shrinks,
+        ),
+        (
+            "sluice_isr_expands_total",
+            "counter",
+            "ISR expansions of partitions this shard leads (a follower caught up again).",
+            |s| s.isr_expands,
+        ),
+        (
+            "sluice_under_replicated_partitions",
+            "gauge",
+            "Partitions this shard leads whose ISR is smaller than their replica set.",
+            |s| s.under_replicated,
         ),
     ];
     for (name, kind, help, get) in per_shard {

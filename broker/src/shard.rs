@@ -329,6 +329,14 @@ impl Shard {
             connections_refused: m.connections_refused.get(),
             connections_timed_out: m.connections_timed_out.get(),
             log_lines_suppressed: m.log_lines_suppressed.get(),
+            isr_shrinks: m.isr_shrinks.get(),
+            isr_expands: m.isr_expands.get(),
+            under_replicated: self
+                .partitions
+                .borrow()
+                .values()
+                .filter(|p| p.is_leader() && p.committed_isr().len() < p.leader_replicas().len())
+                .count() as u64,
             cross_core_sent: m.cross_core_sent.get(),
             sync_latency: self.commit.sync_latency(),
             partitions: self
@@ -604,6 +612,15 @@ impl Shard {
                         .await;
                     match answer {
                         Ok(Ok(isr)) => {
+                            let m = &shard.metrics;
+                            match change {
+                                replication::replica::IsrChange::Shrink(_) => {
+                                    m.isr_shrinks.set(m.isr_shrinks.get() + 1)
+                                }
+                                replication::replica::IsrChange::Expand(_) => {
+                                    m.isr_expands.set(m.isr_expands.get() + 1)
+                                }
+                            }
                             let isr: Vec<BrokerId> = isr.into_iter().map(BrokerId).collect();
                             p.isr_committed(Some(&isr));
                         }

@@ -928,11 +928,26 @@ fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
     let (_, isr) = state(leader);
     assert!(!isr.contains(&follower), "{isr:?}");
     assert_eq!(isr.len(), 2);
+    let metric = |name: &str| -> f64 {
+        let (_, body) = cluster.admin_get(leader, "/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(metric("sluice_isr_shrinks_total") >= 1.0);
+    assert_eq!(metric("sluice_under_replicated_partitions"), 1.0);
     cluster.signal(follower, libc::SIGCONT);
     wait_until(
         "the follower back in the ISR",
         Duration::from_secs(30),
         || state(leader).1 == [1, 2, 3],
+    );
+    assert!(metric("sluice_isr_expands_total") >= 1.0);
+    wait_until(
+        "no partition under-replicated",
+        Duration::from_secs(10),
+        || metric("sluice_under_replicated_partitions") == 0.0,
     );
     assert_eq!(produce(b"c"), 0);
     let values: Vec<_> = cluster
