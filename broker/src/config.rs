@@ -138,6 +138,9 @@ pub struct BrokerConfig {
     /// Partition replication is being built (followers fetch and acks=all waits for the ISR,
     /// but ISR changes do not reach the controller yet), so it stays off by default.
     pub replication_factor_max: usize,
+    /// `default.replication.factor` (1): the replication factor of topics created without
+    /// one (CreateTopics with -1, auto-created topics).
+    pub default_replication_factor: i16,
     /// `replica.fetch.max.bytes` (1 MiB): what a follower asks per partition.
     pub replica_fetch_max_bytes: usize,
     /// `replica.fetch.response.max.bytes` (10 MiB): what a follower asks per fetch.
@@ -224,6 +227,7 @@ impl Default for BrokerConfig {
             unclean_leader_election: false,
             replica_lag_time_max_ms: 30_000,
             replication_factor_max: 1,
+            default_replication_factor: 1,
             replica_fetch_max_bytes: 1 << 20,
             replica_fetch_response_max_bytes: 10 << 20,
             replica_fetch_wait_max_ms: 500,
@@ -353,6 +357,12 @@ impl BrokerConfig {
                 "process.roles" => self.roles = parse_roles(value)?,
                 "replica.lag.time.max.ms" => {
                     self.replica_lag_time_max_ms = parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "default.replication.factor" => {
+                    self.default_replication_factor = parse::<std::num::NonZeroU16>(key, value)?
+                        .get()
+                        .min(i16::MAX as u16)
+                        as i16
                 }
                 "sluice.replication.factor.max" => {
                     self.replication_factor_max = parse::<std::num::NonZeroUsize>(key, value)?

@@ -1047,7 +1047,7 @@ impl Controller {
             return Err(CreateTopicError::InvalidPartitions(spec.num_partitions));
         }
         let factor = if spec.replication_factor == -1 {
-            1
+            self.config.default_replication_factor
         } else {
             spec.replication_factor
         };

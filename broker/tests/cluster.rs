@@ -804,8 +804,10 @@ fn dedicated_controllers_and_brokers_split_the_roles() {
 fn a_replicated_partition_keeps_acknowledged_records_across_a_leader_change() {
     let mut props = FAST.to_vec();
     props.push("sluice.replication.factor.max=3");
+    props.push("default.replication.factor=3");
     let cluster = Cluster::start(3, &props);
-    assert_eq!(cluster.client(1).create_topic_rf("r", 1, 3), 0);
+    // Without a replication factor, default.replication.factor applies.
+    assert_eq!(cluster.client(1).create_topic_rf("r", 1, -1), 0);
     let replicas = |node: i32| {
         let md = metadata(&mut cluster.client(node), Some("r"));
         let p = &md.topics[0].partitions[0];

@@ -35,7 +35,9 @@ pub async fn ensure_offsets_topic(shard: &Rc<Shard>) -> Result<Arc<MetadataImage
     let spec = TopicSpec {
         name: OFFSETS_TOPIC.to_owned(),
         num_partitions: shard.config.group.offsets_partitions,
-        replication_factor: -1,
+        // One replica until group coordinators follow the leadership of their partition
+        // (offsets.topic.replication.factor), whatever default.replication.factor says.
+        replication_factor: 1,
         configs,
     };
     let created = ControllerClient::new(shard)
