@@ -138,6 +138,9 @@ pub struct BrokerConfig {
     /// Partition replication is being built (followers fetch and acks=all waits for the ISR,
     /// but ISR changes do not reach the controller yet), so it stays off by default.
     pub replication_factor_max: usize,
+    /// `min.insync.replicas` (1): the topic config's broker default (acks=all needs an ISR
+    /// this large).
+    pub min_insync_replicas: u32,
     /// `default.replication.factor` (1): the replication factor of topics created without
     /// one (CreateTopics with -1, auto-created topics).
     pub default_replication_factor: i16,
@@ -228,6 +231,7 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             replication_factor_max: 1,
             default_replication_factor: 1,
+            min_insync_replicas: 1,
             replica_fetch_max_bytes: 1 << 20,
             replica_fetch_response_max_bytes: 10 << 20,
             replica_fetch_wait_max_ms: 500,
@@ -357,6 +361,9 @@ impl BrokerConfig {
                 "process.roles" => self.roles = parse_roles(value)?,
                 "replica.lag.time.max.ms" => {
                     self.replica_lag_time_max_ms = parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "min.insync.replicas" => {
+                    self.min_insync_replicas = parse::<std::num::NonZeroU32>(key, value)?.get()
                 }
                 "default.replication.factor" => {
                     self.default_replication_factor = parse::<std::num::NonZeroU16>(key, value)?

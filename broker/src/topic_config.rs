@@ -9,7 +9,7 @@
 //! as Kafka's KIP-1161), `max.message.bytes`,
 //! `message.timestamp.type` and `compression.type` (a fixed codec re-compresses batches that
 //! arrive with another one, as Kafka does). The others are
-//! validated and stored (`min.insync.replicas` takes effect with replication).
+//! validated and stored (`min.insync.replicas` is enforced for acks=all).
 
 use std::collections::BTreeMap;
 
@@ -219,7 +219,7 @@ pub const DEFS: &[Def] = &[
         name: "min.insync.replicas",
         kind: Kind::Int,
         check: Check::AtLeast(1),
-        default: Default::Fixed("1"),
+        default: Default::Broker(|b| b.min_insync_replicas.to_string()),
     },
     Def {
         name: "preallocate",

@@ -960,3 +960,131 @@ fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
         .collect();
     assert_eq!(values, [&b"a"[..], b"b", b"c"]);
 }
+
+#[test]
+fn every_acknowledged_record_survives_a_kill_of_all_three_brokers() {
+    // acks=all on a replication factor of 3: every acknowledged batch is on all three disks,
+    // so a simultaneous kill -9 of every broker loses none of it.
+    let mut props = FAST.to_vec();
+    props.push("sluice.replication.factor.max=3");
+    let mut cluster = Cluster::start(3, &props);
+    assert_eq!(cluster.client(1).create_topic_rf("k", 2, 3), 0);
+    wait_until("the topic everywhere", Duration::from_secs(10), || {
+        (1..=3).all(|n| metadata(&mut cluster.client(n), Some("k")).topics[0].error_code == 0)
+    });
+    let ls = leaders(&cluster, 1, "k");
+    let mut acked: Vec<(i32, Vec<u8>)> = Vec::new();
+    for i in 0..40 {
+        let p = i % 2;
+        let v = format!("k{i}").into_bytes();
+        let r = cluster.client(ls[p as usize]).produce(
+            "k",
+            &[(p, batch(std::slice::from_ref(&v), 1, Compression::None))],
+            -1,
+        );
+        if r[0].1 == 0 {
+            acked.push((p, v));
+        }
+    }
+    assert!(acked.len() >= 30, "only {} of 40 acknowledged", acked.len());
+    for node in 1..=3 {
+        cluster.kill9(node);
+    }
+    for node in 1..=3 {
+        cluster.launch(node);
+    }
+    for node in 1..=3 {
+        wait_until(
+            "restart after a kill of all",
+            Duration::from_secs(60),
+            || {
+                std::net::TcpStream::connect(cluster.node(node).client).is_ok()
+                    && cluster.controller(node, Duration::from_millis(1)).is_some()
+            },
+        );
+    }
+    for p in 0..2 {
+        let want: Vec<&Vec<u8>> = acked
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, v)| v)
+            .collect();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while got.len() < want.len() && Instant::now() < deadline {
+            let leader = leaders(&cluster, 1, "k")[p as usize];
+            if leader >= 0 {
+                got = cluster
+                    .client(leader)
+                    .fetch_all("k", p)
+                    .iter()
+                    .filter_map(|r| r.value.as_ref().map(|v| v.to_vec()))
+                    .collect();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for v in &want {
+            assert!(
+                got.contains(v),
+                "partition {p} lost {:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
+}
+
+#[test]
+fn with_two_of_three_replicas_down_acks_all_is_refused_and_acks_one_goes_on() {
+    let mut props = FAST.to_vec();
+    props.push("sluice.replication.factor.max=3");
+    props.push("min.insync.replicas=2");
+    // A controller of its own, so that the quorum lives through the two brokers' deaths
+    // (with three combined nodes, two down would also stop metadata changes).
+    let mut cluster = Cluster::start_roles(&["controller", "broker", "broker", "broker"], &props);
+    assert_eq!(cluster.client(2).create_topic_rf("m", 1, 3), 0);
+    wait_until("the topic everywhere", Duration::from_secs(10), || {
+        (2..=4).all(|n| metadata(&mut cluster.client(n), Some("m")).topics[0].error_code == 0)
+    });
+    let leader = leaders(&cluster, 2, "m")[0];
+    let produce = |cluster: &Cluster, acks: i16, v: &[u8]| {
+        cluster.client(leader).produce(
+            "m",
+            &[(0, batch(&[v.to_vec()], 1, Compression::None))],
+            acks,
+        )[0]
+        .1
+    };
+    assert_eq!(produce(&cluster, -1, b"first"), 0);
+    let followers: Vec<i32> = (2..=4).filter(|b| *b != leader).collect();
+    for f in &followers {
+        cluster.kill9(*f);
+    }
+    // Once both are out of the ISR (fenced after the session timeout), acks=all is refused
+    // before anything is appended, acks=1 is still served.
+    wait_until(
+        "the ISR down to the leader",
+        Duration::from_secs(30),
+        || {
+            let md = metadata(&mut cluster.client(leader), Some("m"));
+            md.topics[0].partitions[0].isr_nodes.len() == 1
+        },
+    );
+    assert_eq!(produce(&cluster, -1, b"refused"), 19, "NOT_ENOUGH_REPLICAS");
+    assert_eq!(produce(&cluster, 1, b"one"), 0);
+    // Back, caught up, in the ISR again: acks=all works.
+    for f in &followers {
+        cluster.launch(*f);
+    }
+    wait_until("the ISR whole again", Duration::from_secs(60), || {
+        let md = metadata(&mut cluster.client(leader), Some("m"));
+        md.topics[0].partitions[0].isr_nodes.len() == 3
+    });
+    assert_eq!(produce(&cluster, -1, b"last"), 0);
+    let values: Vec<_> = cluster
+        .client(leader)
+        .fetch_all("m", 0)
+        .iter()
+        .map(|r| r.value.clone().unwrap())
+        .collect();
+    assert_eq!(values, [&b"first"[..], b"one", b"last"]);
+}

@@ -177,7 +177,8 @@ impl Controller {
         // and taking them offline only to hand them back at the unfence would bump their
         // epoch twice (and, should the unfence fail to commit, leave them offline).
         if image.brokers.contains_key(&reg.broker_id) {
-            records.extend(self.leaderships_moved(config, image, reg.broker_id, true));
+            let gone = BTreeSet::from([reg.broker_id]);
+            records.extend(self.leaderships_moved(config, image, &gone, true));
         }
         records.push(MetadataRecord::RegisterBroker {
             broker_id: reg.broker_id,
@@ -225,6 +226,7 @@ impl Controller {
         now_ms: u64,
     ) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
+        let mut gone = BTreeSet::new();
         for (id, b) in &image.brokers {
             let last = *self.last_heartbeat.entry(*id).or_insert(now_ms);
             if !b.fenced && now_ms >= last + config.session_timeout_ms {
@@ -232,8 +234,14 @@ impl Controller {
                     broker_id: *id,
                     broker_epoch: b.epoch,
                 });
-                records.extend(self.leaderships_moved_from(config, image, *id));
+                gone.insert(*id);
             }
+        }
+        // All of them at once: one partition change each, decided against every broker
+        // that goes (one change per broker, each from the same image, would undo the
+        // other's ISR removal).
+        if !gone.is_empty() {
+            records.extend(self.leaderships_moved(config, image, &gone, false));
         }
         records
     }
@@ -264,33 +272,40 @@ impl Controller {
         image: &ClusterImage,
         gone: i32,
     ) -> Vec<MetadataRecord> {
-        self.leaderships_moved(config, image, gone, false)
+        self.leaderships_moved(config, image, &BTreeSet::from([gone]), false)
     }
 
-    /// Moves `gone`'s leaderships and ISR memberships away; `keep_sole`: partitions whose
-    /// ISR is `gone` alone keep it as leader.
+    /// Moves the leaderships and ISR memberships of the brokers in `gone` away;
+    /// `keep_sole`: partitions whose ISR is one of them alone keep it as leader.
     fn leaderships_moved(
         &self,
         config: &ControllerConfig,
         image: &ClusterImage,
-        gone: i32,
+        gone: &BTreeSet<i32>,
         keep_sole: bool,
     ) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
-        let usable = |b: i32| b != gone && image.brokers.get(&b).is_some_and(|x| !x.fenced);
+        let usable =
+            |b: i32| !gone.contains(&b) && image.brokers.get(&b).is_some_and(|x| !x.fenced);
         for (id, t) in &image.topics {
             for (i, p) in t.partitions.iter().enumerate() {
-                let in_isr = p.isr.contains(&gone);
-                if p.leader != gone && !in_isr {
+                let leader_gone = gone.contains(&p.leader);
+                let in_isr = p.isr.iter().any(|b| gone.contains(b));
+                if !leader_gone && !in_isr {
                     continue;
                 }
-                if keep_sole && p.isr == [gone] {
+                if keep_sole && p.isr.len() == 1 && gone.contains(&p.isr[0]) {
                     continue;
                 }
-                let rest: Vec<i32> = p.isr.iter().copied().filter(|b| *b != gone).collect();
+                let rest: Vec<i32> = p
+                    .isr
+                    .iter()
+                    .copied()
+                    .filter(|b| !gone.contains(b))
+                    .collect();
                 // The last ISR member stays in the ISR (it has everything), leaderless.
                 let mut isr = if rest.is_empty() { p.isr.clone() } else { rest };
-                let leader = if p.leader == gone {
+                let leader = if leader_gone {
                     match isr.iter().copied().find(|b| usable(*b)) {
                         Some(b) => b,
                         // No ISR member alive: unclean election, if allowed, takes another
@@ -1051,5 +1066,25 @@ mod tests {
             assert_ne!(p.leader, 1, "led elsewhere while 1 catches up: {p:?}");
             assert!(!p.isr.contains(&1), "{p:?}");
         }
+    }
+
+    #[test]
+    fn brokers_expiring_together_all_leave_the_isr() {
+        let (mut image, mut c) = cluster([None, None, None], [1, 1, 1]);
+        let t = new_topic("x", 8, 1, 3);
+        let r = c.create_topic(&CONFIG, &image, &t).unwrap();
+        commit(&mut image, r);
+        let leader = image.topics[&t.topic_id].partitions[0].leader;
+        // Only the leader keeps heartbeating; the two others fall silent together.
+        let e = image.brokers[&leader].epoch;
+        let (r, _) = c
+            .heartbeat(&CONFIG, &image, leader, e, true, 9_500)
+            .unwrap();
+        commit(&mut image, r);
+        let r = c.expire_sessions(&CONFIG, &image, 10_000);
+        commit(&mut image, r);
+        let p = &image.topics[&t.topic_id].partitions[0];
+        assert_eq!(p.leader, leader);
+        assert_eq!(p.isr, [leader], "both silent brokers out of the ISR: {p:?}");
     }
 }
