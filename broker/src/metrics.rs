@@ -76,6 +76,9 @@ pub struct PartitionStats {
     pub log_start: i64,
     pub log_end: i64,
     pub size_bytes: u64,
+    pub high_watermark: i64,
+    /// On a leader: each follower's id and lag in offsets behind the log end.
+    pub follower_lag: Vec<(i32, i64)>,
 }
 
 /// Everything one shard reports, sendable across cores.
@@ -297,7 +300,7 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             s.shard, l.count
         );
     }
-    let per_partition: [PartitionFamily; 3] = [
+    let per_partition: [PartitionFamily; 4] = [
         (
             "sluice_log_start_offset",
             "First offset of a partition's log.",
@@ -313,6 +316,11 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             "Bytes of a partition's segments.",
             |p| p.size_bytes.to_string(),
         ),
+        (
+            "sluice_high_watermark",
+            "Offset below which a partition's records are on every in-sync replica.",
+            |p| p.high_watermark.to_string(),
+        ),
     ];
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for (name, help, get) in per_partition {
@@ -327,6 +335,25 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
                     escape(&p.topic),
                     p.partition,
                     get(p)
+                );
+            }
+        }
+    }
+    family(
+        "sluice_replica_lag_records",
+        "gauge",
+        "How many offsets a follower is behind the leader's log end (on the leader).",
+        &mut out,
+    );
+    for s in shards {
+        for p in &s.partitions {
+            for (replica, lag) in &p.follower_lag {
+                let _ = writeln!(
+                    out,
+                    "sluice_replica_lag_records{{shard=\"{}\",topic=\"{}\",partition=\"{}\",replica=\"{replica}\"}} {lag}",
+                    s.shard,
+                    escape(&p.topic),
+                    p.partition,
                 );
             }
         }
@@ -416,10 +443,18 @@ mod tests {
             log_start: 0,
             log_end: 10,
             size_bytes: 100,
+            high_watermark: 8,
+            follower_lag: vec![(2, 3)],
         });
         s.committed.push(("g".into(), "a\"b".into(), 0, 4));
         let text = render(&[s]);
         assert!(text.contains("sluice_requests_total{shard=\"1\",api=\"Produce\"} 1"));
+        assert!(text.contains(
+            "sluice_replica_lag_records{shard=\"1\",topic=\"a\\\"b\",partition=\"0\",replica=\"2\"} 3"
+        ));
+        assert!(
+            text.contains("sluice_high_watermark{shard=\"1\",topic=\"a\\\"b\",partition=\"0\"} 8")
+        );
         assert!(text
             .contains("sluice_consumer_group_lag{group=\"g\",topic=\"a\\\"b\",partition=\"0\"} 6"));
         let type_at = text.find("# TYPE sluice_log_end_offset gauge").unwrap();

@@ -349,6 +349,12 @@ impl Shard {
                     log_start: p.log_start_offset().0,
                     log_end: p.log_end_offset().0,
                     size_bytes: p.size_bytes(),
+                    high_watermark: p.high_watermark().0,
+                    follower_lag: p
+                        .follower_lag()
+                        .into_iter()
+                        .map(|(id, lag)| (id.0, lag))
+                        .collect(),
                 })
                 .collect(),
             committed: groups.all_committed(),

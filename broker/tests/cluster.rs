@@ -939,6 +939,15 @@ fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
     };
     assert!(metric("sluice_isr_shrinks_total") >= 1.0);
     assert_eq!(metric("sluice_under_replicated_partitions"), 1.0);
+    let lag_of = |replica: i32| -> f64 {
+        let (_, body) = cluster.admin_get(leader, "/metrics");
+        let tag = format!("replica=\"{replica}\"");
+        body.lines()
+            .filter(|l| l.starts_with("sluice_replica_lag_records{") && l.contains(&tag))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(lag_of(follower) >= 1.0, "the stopped follower's lag");
     cluster.signal(follower, libc::SIGCONT);
     wait_until(
         "the follower back in the ISR",
@@ -946,6 +955,7 @@ fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
         || state(leader).1 == [1, 2, 3],
     );
     assert!(metric("sluice_isr_expands_total") >= 1.0);
+    assert_eq!(lag_of(follower), 0.0, "caught up");
     wait_until(
         "no partition under-replicated",
         Duration::from_secs(10),

@@ -236,6 +236,24 @@ impl Partition {
         matches!(*self.role.borrow(), Role::Leader(_))
     }
 
+    /// On the leader: each follower's lag in offsets behind this log's end (a follower that
+    /// has not fetched yet counts from offset 0).
+    pub fn follower_lag(&self) -> Vec<(BrokerId, i64)> {
+        let end = self.log.log_end_offset().0;
+        match &*self.role.borrow() {
+            Role::Leader(l) => l
+                .replicas()
+                .into_iter()
+                .skip(1)
+                .map(|id| {
+                    let at = l.follower(id).map_or(0, |p| p.log_end.0.max(0));
+                    (id, (end - at).max(0))
+                })
+                .collect(),
+            Role::Follower { .. } => Vec::new(),
+        }
+    }
+
     /// On the leader: every replica, itself first (a follower answers nothing).
     pub fn leader_replicas(&self) -> Vec<BrokerId> {
         match &*self.role.borrow() {
