@@ -898,7 +898,7 @@ fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
         3,
         &[
             "sluice.replication.factor.max=3",
-            "replica.lag.time.max.ms=1500",
+            "replica.lag.time.max.ms=3000",
             "broker.heartbeat.interval.ms=300",
             "broker.session.timeout.ms=60000",
         ],
@@ -925,11 +925,17 @@ fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
     assert_eq!(produce(b"a"), 0);
     let follower = (1..=3).find(|b| *b != leader).unwrap();
     cluster.signal(follower, libc::SIGSTOP);
-    // Answered once the ISR shrank (the request timeout is 10 s; the lag limit 1.5 s).
+    // Answered once the ISR shrank (the request timeout is 10 s; the lag limit 3 s).
     assert_eq!(produce(b"b"), 0, "acks=all with a stopped follower");
-    let (_, isr) = state(leader);
-    assert!(!isr.contains(&follower), "{isr:?}");
-    assert_eq!(isr.len(), 2);
+    // (Waited for, not asserted at once: on a loaded machine the other follower may lag
+    // past the limit for a moment too, and then rejoin.)
+    let mut others: Vec<i32> = (1..=3).filter(|b| *b != follower).collect();
+    others.sort();
+    wait_until(
+        "the ISR without the stopped follower",
+        Duration::from_secs(30),
+        || state(leader).1 == others,
+    );
     let metric = |name: &str| -> f64 {
         let (_, body) = cluster.admin_get(leader, "/metrics");
         body.lines()
@@ -1045,7 +1051,12 @@ fn every_acknowledged_record_survives_a_kill_of_all_three_brokers() {
 
 #[test]
 fn with_two_of_three_replicas_down_acks_all_is_refused_and_acks_one_goes_on() {
-    let mut props = FAST.to_vec();
+    // A session long enough that a loaded machine does not fence the leader by accident.
+    let mut props = vec![
+        "broker.heartbeat.interval.ms=300",
+        "broker.session.timeout.ms=4000",
+        "controller.quorum.election.timeout.ms=1000",
+    ];
     props.push("sluice.replication.factor.max=3");
     props.push("min.insync.replicas=2");
     // A controller of its own, so that the quorum lives through the two brokers' deaths
