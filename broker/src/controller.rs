@@ -156,14 +156,19 @@ pub enum ControllerCall {
     ProducerIds,
     DescribeQuorum,
     /// A partition leader's ISR change (Kafka's AlterPartition).
-    AlterPartition {
-        topic: String,
-        partition: i32,
-        leader: i32,
-        leader_epoch: i32,
-        partition_epoch: i32,
-        isr: Vec<i32>,
-    },
+    AlterPartition(IsrChangeAsk),
+}
+
+/// A partition leader's ISR change as it asks the controller for it: made against the
+/// leader and partition epochs it knows.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct IsrChangeAsk {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
 }
 
 /// The metadata quorum as the active controller sees it (DescribeQuorum).
@@ -1339,49 +1344,27 @@ impl Controller {
                     .map(|r| (r.start, r.end))
                     .map_err(|e| format!("{e:#}")),
             ),
-            ControllerCall::AlterPartition {
-                topic,
-                partition,
-                leader,
-                leader_epoch,
-                partition_epoch,
-                isr,
-            } => ControllerAnswer::AlterPartition(
-                self.alter_partition_local(
-                    topic,
-                    partition,
-                    leader,
-                    leader_epoch,
-                    partition_epoch,
-                    isr,
-                )
-                .await,
-            ),
+            ControllerCall::AlterPartition(ask) => {
+                ControllerAnswer::AlterPartition(self.alter_partition_local(ask).await)
+            }
         }
     }
 
     /// Commits a leader's ISR change if the decisions accept it; returns the ISR then.
-    async fn alter_partition_local(
-        &self,
-        topic: String,
-        partition: i32,
-        leader: i32,
-        leader_epoch: i32,
-        partition_epoch: i32,
-        isr: Vec<i32>,
-    ) -> Result<Vec<i32>, String> {
+    async fn alter_partition_local(&self, ask: IsrChangeAsk) -> Result<Vec<i32>, String> {
+        let (topic, partition) = (ask.topic.clone(), ask.partition);
         let (r, _) = self
             .mutate(|image, d, _| {
-                let Some((id, _)) = image.topic(&topic) else {
-                    return (Vec::new(), Err(format!("unknown topic {topic}")));
+                let Some((id, _)) = image.topic(&ask.topic) else {
+                    return (Vec::new(), Err(format!("unknown topic {}", ask.topic)));
                 };
                 let req = replication::metadata::controller::AlterPartition {
                     topic_id: *id,
-                    partition,
-                    leader,
-                    leader_epoch,
-                    partition_epoch,
-                    isr,
+                    partition: ask.partition,
+                    leader: ask.leader,
+                    leader_epoch: ask.leader_epoch,
+                    partition_epoch: ask.partition_epoch,
+                    isr: ask.isr,
                 };
                 match d.alter_partition(image, &req) {
                     Ok(records) => (records, Ok(*id)),
@@ -1401,26 +1384,8 @@ impl Controller {
     }
 
     /// A partition leader's ISR change, decided by the active controller (forwarded there).
-    pub async fn alter_partition(
-        &self,
-        topic: String,
-        partition: i32,
-        leader: i32,
-        leader_epoch: i32,
-        partition_epoch: i32,
-        isr: Vec<i32>,
-    ) -> Result<Vec<i32>, String> {
-        match self
-            .route(ControllerCall::AlterPartition {
-                topic,
-                partition,
-                leader,
-                leader_epoch,
-                partition_epoch,
-                isr,
-            })
-            .await
-        {
+    pub async fn alter_partition(&self, ask: IsrChangeAsk) -> Result<Vec<i32>, String> {
+        match self.route(ControllerCall::AlterPartition(ask)).await {
             Ok(ControllerAnswer::AlterPartition(r)) => r,
             Ok(_) => Err(mismatch().to_string()),
             Err(e) => Err(e.to_string()),

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use crate::controller::{
     AlterConfigsError, ConfigOp, Controller, CreatePartitionsError, CreateTopicError,
-    DeleteTopicError, TopicSpec,
+    DeleteTopicError, IsrChangeAsk, TopicSpec,
 };
 use crate::metadata::TopicMeta;
 use crate::shard::{Shard, ShardId};
@@ -50,18 +50,10 @@ impl<'a> ControllerClient<'a> {
     /// A partition leader's ISR change: the ISR committed, or why it was refused.
     pub async fn alter_partition(
         &self,
-        topic: String,
-        partition: i32,
-        leader: i32,
-        leader_epoch: i32,
-        partition_epoch: i32,
-        isr: Vec<i32>,
+        ask: IsrChangeAsk,
     ) -> Result<Result<Vec<i32>, String>, ControllerUnavailable> {
-        self.call(move |c| async move {
-            c.alter_partition(topic, partition, leader, leader_epoch, partition_epoch, isr)
-                .await
-        })
-        .await
+        self.call(move |c| async move { c.alter_partition(ask).await })
+            .await
     }
 
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ControllerUnavailable>

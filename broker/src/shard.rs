@@ -606,15 +606,16 @@ impl Shard {
                 p.isr_proposed(&change);
                 let shard = self.clone();
                 glommio::spawn_local(async move {
+                    let ask = crate::controller::IsrChangeAsk {
+                        topic: topic.clone(),
+                        partition: index,
+                        leader: shard.config.node_id,
+                        leader_epoch: meta.leader_epoch,
+                        partition_epoch: meta.partition_epoch,
+                        isr,
+                    };
                     let answer = crate::controller_client::ControllerClient::new(&shard)
-                        .alter_partition(
-                            topic.clone(),
-                            index,
-                            shard.config.node_id,
-                            meta.leader_epoch,
-                            meta.partition_epoch,
-                            isr,
-                        )
+                        .alter_partition(ask)
                         .await;
                     match answer {
                         Ok(Ok(isr)) => {

@@ -84,6 +84,27 @@ fn fetch_v16(c: &mut Client, topic_id: uuid::Uuid, partition: i32) -> FetchRespo
     c.send(&req, 16)
 }
 
+/// kill -9 of the three nodes at once, then all three started again; returns once each
+/// serves clients and knows the active controller (none can start alone: a quorum needs two).
+fn kill_all_and_restart(cluster: &mut Cluster) {
+    for node in 1..=3 {
+        cluster.kill9(node);
+    }
+    for node in 1..=3 {
+        cluster.launch(node);
+    }
+    for node in 1..=3 {
+        wait_until(
+            "restart after a kill of all",
+            Duration::from_secs(60),
+            || {
+                std::net::TcpStream::connect(cluster.node(node).client).is_ok()
+                    && cluster.controller(node, Duration::from_millis(1)).is_some()
+            },
+        );
+    }
+}
+
 fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !ok() {
@@ -243,21 +264,8 @@ fn the_active_controller_fails_over_and_nothing_committed_is_lost() {
         });
     }
     // All three killed at once and restarted: still every topic.
+    kill_all_and_restart(&mut cluster);
     for node in 1..=3 {
-        cluster.kill9(node);
-    }
-    for node in 1..=3 {
-        cluster.launch(node);
-    }
-    for node in 1..=3 {
-        wait_until(
-            "restart after a kill of all",
-            Duration::from_secs(60),
-            || {
-                std::net::TcpStream::connect(cluster.node(node).client).is_ok()
-                    && cluster.controller(node, Duration::from_millis(1)).is_some()
-            },
-        );
         let names = topic_names(&mut cluster.client(node));
         for c in &created {
             assert!(names.contains(c), "{c} lost on node {node}");
@@ -1003,22 +1011,7 @@ fn every_acknowledged_record_survives_a_kill_of_all_three_brokers() {
         }
     }
     assert!(acked.len() >= 30, "only {} of 40 acknowledged", acked.len());
-    for node in 1..=3 {
-        cluster.kill9(node);
-    }
-    for node in 1..=3 {
-        cluster.launch(node);
-    }
-    for node in 1..=3 {
-        wait_until(
-            "restart after a kill of all",
-            Duration::from_secs(60),
-            || {
-                std::net::TcpStream::connect(cluster.node(node).client).is_ok()
-                    && cluster.controller(node, Duration::from_millis(1)).is_some()
-            },
-        );
-    }
+    kill_all_and_restart(&mut cluster);
     for p in 0..2 {
         let want: Vec<&Vec<u8>> = acked
             .iter()
