@@ -1022,9 +1022,7 @@ impl Controller {
             Ok((results, _)) => results,
             Err(e) => {
                 tracing::warn!(error = %e, "create topics failed");
-                (0..n)
-                    .map(|_| Err(CreateTopicError::Commit(e.clone())))
-                    .collect()
+                failed(n, CreateTopicError::Commit(e))
             }
         }
     }
@@ -1118,9 +1116,7 @@ impl Controller {
             Ok((results, _)) => results,
             Err(e) => {
                 tracing::warn!(error = %e, "create partitions failed");
-                (0..n)
-                    .map(|_| Err(CreatePartitionsError::Commit(e.clone())))
-                    .collect()
+                failed(n, CreatePartitionsError::Commit(e))
             }
         }
     }
@@ -1178,9 +1174,7 @@ impl Controller {
             Ok((results, _)) => results,
             Err(e) => {
                 tracing::warn!(error = %e, "alter configs failed");
-                (0..n)
-                    .map(|_| Err(AlterConfigsError::Commit(e.clone())))
-                    .collect()
+                failed(n, AlterConfigsError::Commit(e))
             }
         }
     }
@@ -1243,9 +1237,7 @@ impl Controller {
             Ok((results, _)) => results,
             Err(e) => {
                 tracing::warn!(error = %e, "delete topics failed");
-                (0..n)
-                    .map(|_| Err(DeleteTopicError::Commit(e.clone())))
-                    .collect()
+                failed(n, DeleteTopicError::Commit(e))
             }
         }
     }
