@@ -49,6 +49,8 @@ pub struct Metrics {
     pub cross_core_sent: Cell<u64>,
     /// Connections closed at accept: over `max.connections` or `max.connections.per.ip`.
     pub connections_refused: Cell<u64>,
+    /// Accepts that failed (out of descriptors or memory) and were backed off from.
+    pub accept_failures: Cell<u64>,
     /// Connections closed because a frame did not arrive or a reply was not read in time.
     pub connections_timed_out: Cell<u64>,
     /// Connection warnings left out of the log by the rate limit.
@@ -93,6 +95,7 @@ pub struct ShardSnapshot {
     pub requests_pipelined: u64,
     pub cross_core_sent: u64,
     pub connections_refused: u64,
+    pub accept_failures: u64,
     pub connections_timed_out: u64,
     pub log_lines_suppressed: u64,
     pub isr_shrinks: u64,
@@ -186,7 +189,7 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             );
         }
     }
-    let per_shard: [ShardFamily; 12] = [
+    let per_shard: [ShardFamily; 13] = [
         (
             "sluice_bytes_received_total",
             "counter",
@@ -228,6 +231,12 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             "counter",
             "Connections closed at accept (max.connections, max.connections.per.ip).",
             |s| s.connections_refused,
+        ),
+        (
+            "sluice_accept_failures_total",
+            "counter",
+            "Accepts that failed for want of descriptors or memory (then backed off).",
+            |s| s.accept_failures,
         ),
         (
             "sluice_connections_timed_out_total",

@@ -197,15 +197,23 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             return;
         }
         let accepted = futures::future::select(Box::pin(listener.accept()), stop).await;
-        let stream = match accepted {
-            futures::future::Either::Left((Ok(s), _)) => {
+        // A connection needs two descriptors (the writer has its own), so running out of
+        // descriptors can show at either: both are an accept failure, warned and backed off.
+        let accepted = match accepted {
+            futures::future::Either::Left((Ok(s), _)) => writer_of(&s).map(|w| (s, w)),
+            futures::future::Either::Left((Err(e), _)) => Err(std::io::Error::from(e)),
+            futures::future::Either::Right(_) => return,
+        };
+        let (stream, writer) = match accepted {
+            Ok(pair) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                s
+                pair
             }
-            futures::future::Either::Left((Err(e), _)) => {
+            Err(e) => {
                 // Out of descriptors (EMFILE/ENFILE) or memory: retrying at once would spin.
                 // Open connections keep being served meanwhile.
-                let e = std::io::Error::from(e);
+                let m = &shard.metrics;
+                m.accept_failures.set(m.accept_failures.get() + 1);
                 warn_connection(&shard, "-", "accept failed; backing off", &e);
                 let stop = shard.stop_listening.listen();
                 if shard.is_stopping() {
@@ -215,7 +223,6 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
-            futures::future::Either::Right(_) => return,
         };
         let peer_addr = stream.peer_addr().ok();
         let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
@@ -238,7 +245,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             let m = &shard.metrics;
             m.connections.set(m.connections.get() + 1);
             m.connections_total.set(m.connections_total.get() + 1);
-            if let Err(e) = serve_connection(&shard, stream, &peer).await {
+            if let Err(e) = serve_connection(&shard, stream, writer, &peer).await {
                 tracing::debug!(peer = ?peer, error = %e, "connection ended");
             }
             let m = &shard.metrics;
@@ -263,20 +270,24 @@ enum ConnectionEnd {
     TimedOut(&'static str),
 }
 
-async fn serve_connection(
-    shard: &Rc<Shard>,
-    stream: TcpStream,
-    peer: &str,
-) -> Result<(), ConnectionEnd> {
-    stream.set_nodelay(true).map_err(std::io::Error::from)?;
-    // The writer gets its own descriptor of the same socket.
+/// The connection's writer: its own descriptor of the same socket.
+fn writer_of(stream: &TcpStream) -> std::io::Result<TcpStream> {
     // SAFETY: dup has no memory-safety preconditions; the new descriptor is owned below.
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` is a freshly duplicated, open socket descriptor that nothing else owns.
-    let writer = unsafe { TcpStream::from_raw_fd(fd) };
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
+}
+
+async fn serve_connection(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    writer: TcpStream,
+    peer: &str,
+) -> Result<(), ConnectionEnd> {
+    stream.set_nodelay(true).map_err(std::io::Error::from)?;
     writer
         .set_write_timeout(Some(Duration::from_millis(
             shard.config.connection_write_timeout_ms,

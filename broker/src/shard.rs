@@ -327,6 +327,7 @@ impl Shard {
             connections_total: m.connections_total.get(),
             requests_pipelined: m.requests_pipelined.get(),
             connections_refused: m.connections_refused.get(),
+            accept_failures: m.accept_failures.get(),
             connections_timed_out: m.connections_timed_out.get(),
             log_lines_suppressed: m.log_lines_suppressed.get(),
             isr_shrinks: m.isr_shrinks.get(),

@@ -214,24 +214,36 @@ impl Broker {
         Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
     }
 
-    /// Sets the running broker's open-files limit (soft and hard) with prlimit(2), so a test
-    /// can put the limit just above what the broker holds once it has started.
+    /// The lowest descriptor number the broker process does not use now (from /proc): the
+    /// number its next open, accept or dup gets.
+    pub fn lowest_free_fd(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let used: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        (0..).find(|n| !used.contains(n))
+    }
+
+    /// Sets the running broker's soft open-files limit with prlimit(2) (at most its hard
+    /// limit, which stays, so the limit can be raised again), so a test can put the limit
+    /// just above what the broker holds once it has started.
     pub fn set_open_files_limit(&self, limit: u64) -> std::io::Result<()> {
-        let pid = self.child.as_ref().expect("broker not running").id();
+        let pid = self.child.as_ref().expect("broker not running").id() as libc::pid_t;
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit with a null new limit only writes the old one into `old`.
+        if unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let lim = libc::rlimit {
-            rlim_cur: limit,
-            rlim_max: limit,
+            rlim_cur: limit.min(old.rlim_max),
+            rlim_max: old.rlim_max,
         };
         // SAFETY: prlimit reads the rlimit we pass and writes nothing (old limit is null).
-        let rc = unsafe {
-            libc::prlimit(
-                pid as libc::pid_t,
-                libc::RLIMIT_NOFILE,
-                &lim,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != 0 {
+        if unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
