@@ -3,6 +3,7 @@
 # Installs the clients when they are missing, or always under CI=true.
 #   SLUICE_CHECK_RECORDS        records per client/codec topic (default 100000)
 #   SLUICE_IDEMPOTENCE_RECORDS  records per idempotent producer (default 1000000)
+#   SLUICE_FAILOVER_ROUNDS      leader kills in failover.py (default 20, every SLUICE_FAILOVER_INTERVAL s, default 15)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -38,3 +39,6 @@ python3 "$here/idempotence.py" --broker "$root/target/release/sluice" \
   --records "${SLUICE_IDEMPOTENCE_RECORDS:-1000000}"
 echo "== a 3-node cluster (deploy/cluster.sh): every client, every partition, groups on every coordinator"
 python3 "$here/cluster.py" --broker "$root/target/release/sluice"
+echo "== leader failover: idempotent acks=all producers and consumers through 20 leader kills (RF 3)"
+python3 "$here/failover.py" --broker "$root/target/release/sluice" \
+  --rounds "${SLUICE_FAILOVER_ROUNDS:-20}" --interval "${SLUICE_FAILOVER_INTERVAL:-15}"
