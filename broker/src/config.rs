@@ -110,6 +110,13 @@ pub struct BrokerConfig {
     pub group: GroupConfig,
     /// `offsets.topic.segment.bytes`: segment size of `__consumer_offsets`.
     pub offsets_topic_segment_bytes: u64,
+    /// `offsets.topic.replication.factor` (3): replicas of each `__consumer_offsets`
+    /// partition; a cluster with fewer brokers (or a smaller `sluice.replication.factor.max`)
+    /// gets what it has, with a warning.
+    pub offsets_topic_replication_factor: usize,
+    /// `offsets.commit.timeout.ms` (5000): how long an offset commit or a group write waits
+    /// for every in-sync replica of its `__consumer_offsets` partition.
+    pub offsets_commit_timeout_ms: u64,
     /// `sluice.admin.max.connections`: admin HTTP connections served at once; one more is
     /// answered 503 and closed.
     pub admin_max_connections: usize,
@@ -217,6 +224,8 @@ impl Default for BrokerConfig {
             cluster_id: "sluice-single-node".into(),
             group: GroupConfig::default(),
             offsets_topic_segment_bytes: 100 << 20,
+            offsets_topic_replication_factor: 3,
+            offsets_commit_timeout_ms: 5000,
             admin_max_connections: 64,
             admin_request_timeout_ms: 5_000,
             max_request_partition_size_limit: 2000,
@@ -512,6 +521,14 @@ impl BrokerConfig {
                 "sluice.admin.listen" => self.admin_listen = value.trim().to_owned(),
                 "offsets.topic.num.partitions" => {
                     self.group.offsets_partitions = parse(key, value)?
+                }
+                "offsets.topic.replication.factor" => {
+                    self.offsets_topic_replication_factor =
+                        parse::<std::num::NonZeroU16>(key, value)?.get() as usize
+                }
+                "offsets.commit.timeout.ms" => {
+                    self.offsets_commit_timeout_ms =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
                 }
                 "offsets.topic.segment.bytes" => {
                     self.offsets_topic_segment_bytes = parse(key, value)?

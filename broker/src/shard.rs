@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use anyhow::Result;
-use replication::{Append, BrokerId, Isolation, LeaderEpoch, Partition};
+use replication::{Append, BrokerId, LeaderEpoch, Partition};
 use storage::GroupCommit;
 
 use crate::config::BrokerConfig;
@@ -74,11 +74,34 @@ pub struct Shard {
     pub listen_port: Cell<u16>,
     /// This shard's unused producer ids, a block from the controller.
     pub producer_ids: RefCell<std::ops::Range<i64>>,
-    /// The consumer groups whose `__consumer_offsets` partitions this shard owns.
+    /// The consumer groups whose `__consumer_offsets` partitions this shard leads.
     pub groups: RefCell<Coordinator>,
+    /// Where each of this shard's `__consumer_offsets` partitions stands as a coordinator.
+    coordinating: RefCell<BTreeMap<i32, Coordinating>>,
     pub metrics: Metrics,
     /// One replica fetcher per broker this shard follows partitions from.
     pub fetchers: crate::replica_fetcher::Fetchers,
+}
+
+/// A `__consumer_offsets` partition's groups on the shard that holds it: being read in
+/// after this broker became its leader, or loaded and served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coordinating {
+    Loading,
+    Loaded,
+}
+
+/// Why a `__consumer_offsets` write was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupWriteError {
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error("this broker does not lead the offsets partition")]
+    NotLeader,
+    #[error("too few in-sync replicas: {0:?}")]
+    NotEnoughReplicas(replication::replica::AcksError),
+    #[error("not on every in-sync replica within offsets.commit.timeout.ms")]
+    TimedOut,
 }
 
 /// How often a leader checks whether its ISR should shrink or grow.
@@ -132,6 +155,7 @@ impl Shard {
             groups,
             metrics: Metrics::default(),
             fetchers: Default::default(),
+            coordinating: Default::default(),
         });
         *shard.self_ref.borrow_mut() = Rc::downgrade(&shard);
         shard
@@ -253,41 +277,132 @@ impl Shard {
     }
 
     /// Appends group records to this shard's `__consumer_offsets` partition and waits until
-    /// they are durable.
-    pub async fn append_group_records(&self, write: Write) -> Result<(), storage::StorageError> {
-        let Some(partition) = self.partition(OFFSETS_TOPIC, write.partition) else {
-            return Err(storage::StorageError::Closed {
-                path: partition_dir(&self.config.data_dir, OFFSETS_TOPIC, write.partition),
-            });
-        };
+    /// they are committed: on every in-sync replica's disk, as Kafka writes them with
+    /// acks=all, within `offsets.commit.timeout.ms`.
+    pub async fn append_group_records(&self, write: Write) -> Result<(), GroupWriteError> {
+        let partition = self
+            .leader_partition(OFFSETS_TOPIC, write.partition)
+            .ok_or(GroupWriteError::NotLeader)?;
+        let min_isr = self.offsets_min_isr();
+        partition
+            .check_acks_all(min_isr)
+            .map_err(GroupWriteError::NotEnoughReplicas)?;
         let now = crate::handlers::now_ms();
         let batch = encode_batch(&write.records, now as i64);
         let info = partition
             .append(Append::Coordinator { records: batch }, now)
             .await?;
-        partition.wait_committed(info.end_offset).await
+        let timeout = std::time::Duration::from_millis(self.config.offsets_commit_timeout_ms);
+        match crate::peers::within(timeout, partition.wait_replicated(info.end_offset, min_isr))
+            .await
+        {
+            Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(replication::replica::AcksError::NotLeader))) => {
+                Err(GroupWriteError::NotLeader)
+            }
+            Some(Ok(Err(e))) => Err(GroupWriteError::NotEnoughReplicas(e)),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(GroupWriteError::TimedOut),
+        }
+    }
+
+    /// `min.insync.replicas` of `__consumer_offsets` (its topic config, else the broker's).
+    fn offsets_min_isr(&self) -> usize {
+        let image = self.metadata.borrow();
+        let configs = image.topics.get(OFFSETS_TOPIC).map(|t| &t.configs);
+        let empty = BTreeMap::new();
+        crate::topic_config::effective_value(
+            &self.config,
+            configs.unwrap_or(&empty),
+            "min.insync.replicas",
+        )
+        .parse::<usize>()
+        .unwrap_or(1)
+        .max(1)
+    }
+
+    /// Whether this shard serves the groups of `__consumer_offsets` partition `partition`
+    /// now: NOT_COORDINATOR when it does not lead it, COORDINATOR_LOAD_IN_PROGRESS while it
+    /// reads the groups in after becoming its leader.
+    pub fn coordinator_ready(&self, partition: i32) -> Result<(), kafka_protocol::ResponseError> {
+        if self.leader_partition(OFFSETS_TOPIC, partition).is_none() {
+            return Err(kafka_protocol::ResponseError::NotCoordinator);
+        }
+        match self.coordinating.borrow().get(&partition) {
+            Some(Coordinating::Loaded) => Ok(()),
+            Some(Coordinating::Loading) => {
+                Err(kafka_protocol::ResponseError::CoordinatorLoadInProgress)
+            }
+            None => Err(kafka_protocol::ResponseError::NotCoordinator),
+        }
+    }
+
+    /// Group coordination follows the leadership of `__consumer_offsets` partitions: a
+    /// partition this shard now leads has its groups read in (its whole log: everything a
+    /// leader holds is the partition's truth), one it stopped leading has them unloaded.
+    async fn follow_coordination(&self) {
+        let offsets: Vec<(i32, Rc<Partition>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|((t, _), _)| t == OFFSETS_TOPIC)
+            .map(|((_, i), p)| (*i, p.clone()))
+            .collect();
+        let held: Vec<i32> = self.coordinating.borrow().keys().copied().collect();
+        for i in held {
+            let leads = offsets.iter().any(|(j, p)| *j == i && p.is_leader());
+            if !leads && self.coordinating.borrow().get(&i) == Some(&Coordinating::Loaded) {
+                self.coordinating.borrow_mut().remove(&i);
+                let groups = self.groups.borrow_mut().unload_partition(i);
+                tracing::info!(
+                    partition = i,
+                    groups,
+                    "group coordinator unloaded (no longer the leader)"
+                );
+            }
+        }
+        for (i, p) in offsets {
+            if !p.is_leader() || self.coordinating.borrow().contains_key(&i) {
+                continue;
+            }
+            self.coordinating
+                .borrow_mut()
+                .insert(i, Coordinating::Loading);
+            let loaded = self.load_groups(&p, i).await;
+            let mut coordinating = self.coordinating.borrow_mut();
+            match loaded {
+                // Still the leader: serve. Lost it while loading: forget what was read.
+                Ok(()) if p.is_leader() => {
+                    coordinating.insert(i, Coordinating::Loaded);
+                }
+                Ok(()) => {
+                    coordinating.remove(&i);
+                    self.groups.borrow_mut().unload_partition(i);
+                }
+                Err(e) => {
+                    coordinating.remove(&i);
+                    self.groups.borrow_mut().unload_partition(i);
+                    tracing::warn!(partition = i, error = %e, "cannot load groups; not coordinating them");
+                }
+            }
+        }
     }
 
     /// Replays one `__consumer_offsets` partition into the coordinator, one read window at a
     /// time (memory stays bounded by the window, not the log).
     async fn load_groups(&self, log: &Partition, partition: i32) -> Result<()> {
+        // A new leader's high watermark may trail what it holds; it serves all of it.
+        log.wait_durable(log.log_end_offset()).await?;
         let mut offset = log.log_start_offset();
-        let end = log.high_watermark();
+        let end = log.durable_offset();
         let mut loaded = 0usize;
         while offset < end {
-            let read = log
-                .read(
-                    offset,
-                    GROUP_LOAD_READ_BYTES,
-                    true,
-                    Isolation::HighWatermark,
-                )
-                .await?;
+            let records = log.read_for_follower(offset, GROUP_LOAD_READ_BYTES).await?;
             let mut next = offset;
-            for view in protocol::record_batch::BatchIter::new(&read.records, false) {
+            for view in protocol::record_batch::BatchIter::new(&records, false) {
                 next = storage::Offset(view.last_offset().saturating_add(1));
             }
-            match decode_batches(read.records) {
+            match decode_batches(records) {
                 Ok(records) => {
                     loaded += records.len();
                     self.groups
@@ -447,9 +562,6 @@ impl Shard {
                 LeaderEpoch(0),
             )
             .await?;
-            if topic == OFFSETS_TOPIC {
-                self.load_groups(&partition, index).await?;
-            }
             let partition = Rc::new(partition);
             self.partitions
                 .borrow_mut()
@@ -458,6 +570,7 @@ impl Shard {
         self.apply_roles(&image);
         *self.metadata.borrow_mut() = image;
         *self.shard_table.borrow_mut() = table;
+        self.follow_coordination().await;
         Ok(())
     }
 

@@ -1151,6 +1151,27 @@ impl Coordinator {
         }
     }
 
+    /// Forgets the groups of one `__consumer_offsets` partition (this broker stopped leading
+    /// it): their waiting JoinGroup/SyncGroup calls get NOT_COORDINATOR and look for the new
+    /// coordinator, which loads the groups from its replica of the partition.
+    pub fn unload_partition(&mut self, partition: i32) -> usize {
+        let gone: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.partition == partition)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            if let Some(mut g) = self.groups.remove(id) {
+                for m in &mut g.members {
+                    m.fail_waiters(ResponseError::NotCoordinator);
+                }
+            }
+        }
+        self.writes.retain(|w| w.partition != partition);
+        gone.len()
+    }
+
     /// Checks that a member may commit offsets now. A group that does not exist is created
     /// for a commit outside group management (generation < 0), as Kafka does.
     pub fn check_commit(

@@ -19,6 +19,9 @@ The checker has a self-test (run first, every time): it is fed a good history an
 histories with a lost, a duplicated, a moved, a reordered and a divergent record, and
 must pass the first and name the fault in each of the others.
 
+Before that, a consumer group whose coordinator's broker is killed must find the new
+coordinator, keep every committed offset, and resume from them.
+
 usage: failover.py --broker target/release/sluice [--rounds 20] [--interval 15]
        failover.py --self-test
 (internal: failover.py --role produce-confluent|... --bootstrap B --topic T --out F --stop F)
@@ -459,9 +462,92 @@ def main():
             subprocess.run(["bash", SCRIPT, "down", *common], timeout=120)
 
 
+def coordinator_failover(bootstrap, cluster):
+    """A consumer group whose coordinator's broker is killed finds the new coordinator (the
+    new leader of its replicated `__consumer_offsets` partition) and goes on; no committed
+    offset is lost, and a new member resumes exactly at the committed offsets."""
+    from confluent_kafka import (ConsumerGroupTopicPartitions, Consumer, KafkaException,
+                                 Producer)
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic, group, n = "coordinated", "failover-group", 3000
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, PARTITIONS, 3)])[topic].result(30)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(n):
+        p.produce(topic, value=f"c-{i}".encode(), partition=i % PARTITIONS)
+    if p.flush(60):
+        raise AssertionError("coordinator test: records left unsent")
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "session.timeout.ms": 30000})
+    c.subscribe([topic])
+    committed = {}
+
+    def consume_and_commit(count, deadline_s):
+        got = 0
+        deadline = time.time() + deadline_s
+        while got < count:
+            if time.time() > deadline:
+                raise AssertionError(f"coordinator test: consumed {got} of {count}")
+            m = c.poll(1.0)
+            if m is None or m.error():
+                continue
+            got += 1
+            if got % 100 == 0:
+                while True:
+                    try:
+                        for tp in c.commit(asynchronous=False):
+                            if tp.error:
+                                raise KafkaException(tp.error)
+                            if tp.offset >= 0:  # -1001: nothing consumed there since assigned
+                                committed[tp.partition] = tp.offset
+                        break
+                    except KafkaException as e:
+                        if time.time() > deadline:
+                            raise AssertionError(f"coordinator test: commit never succeeded: {e}")
+                        time.sleep(0.5)
+
+    consume_and_commit(900, 60)
+    before = admin.describe_consumer_groups([group])[group].result(30).coordinator.id
+    cluster("kill", str(before))
+    killed_at = time.time()
+    consume_and_commit(900, 120)
+    moved = time.time() - killed_at
+    c.close()
+    after = admin.describe_consumer_groups([group])[group].result(30).coordinator.id
+    stored = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    stored = {tp.partition: tp.offset for tp in stored.result(30).topic_partitions}
+    if after == before:
+        raise AssertionError(f"coordinator test: node {before} was killed but still coordinates")
+    if stored != committed:
+        raise AssertionError(f"coordinator test: committed {committed}, the coordinator has {stored}")
+    # A new member resumes at the committed offsets, not before and not after.
+    c2 = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c2.subscribe([topic])
+    first = {}
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = c2.poll(1.0)
+        if m is not None and not m.error():
+            first.setdefault(m.partition(), m.offset())
+    c2.close()
+    # A partition committed at its end has nothing more to give.
+    want = {p: committed.get(p, 0) for p in range(PARTITIONS)
+            if committed.get(p, 0) < n // PARTITIONS}
+    if first != want:
+        raise AssertionError(f"coordinator test: resumed at {first}, committed {want}")
+    cluster("start", str(before))
+    log(f"coordinator failover: node {before} killed, node {after} coordinates; 900 more "
+        f"records consumed and committed {moved:.1f} s after the kill; committed offsets "
+        f"{committed} kept and resumed from")
+
+
 def run(args, d, bootstrap, cluster, procs):
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    coordinator_failover(bootstrap, cluster)
     topic = "failover"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, PARTITIONS, 3)])[topic].result(30)
