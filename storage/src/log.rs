@@ -1612,7 +1612,10 @@ async fn recover_epochs(
     let (mut cache, mut changed) = match loaded {
         Some(cache) => (cache, false),
         None => {
-            tracing::info!(path = %path.display(), "leader-epoch checkpoint missing or unreadable; rebuilding from the log");
+            // A new log has no checkpoint yet and nothing to rebuild: not worth a line.
+            if end > start {
+                tracing::info!(path = %path.display(), "leader-epoch checkpoint missing or unreadable; rebuilding from the log");
+            }
             (rebuild_epochs(whole_segments(segments)).await?, true)
         }
     };
