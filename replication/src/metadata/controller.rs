@@ -52,6 +52,29 @@ fn unclean_allowed(config: &ControllerConfig, topic: &super::image::TopicInfo) -
     }
 }
 
+/// How a leader election chooses (Kafka's ElectionType).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionType {
+    /// The first replica, the preferred leader, if it is alive and in the ISR.
+    Preferred,
+    /// For a partition with no leader: a live ISR member, else any live replica (what it
+    /// lacks is lost).
+    Unclean,
+}
+
+/// Why an election left a partition's leader as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ElectionError {
+    #[error("the partition already has the leader this election would give it")]
+    NotNeeded,
+    #[error("the preferred leader is fenced or not in the ISR")]
+    PreferredNotAvailable,
+    #[error("no live replica can lead")]
+    EligibleLeadersNotAvailable,
+    #[error("unknown partition")]
+    UnknownPartition,
+}
+
 /// A broker's registration request.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -336,6 +359,81 @@ impl Controller {
         records
     }
 
+    /// One partition's election: the PartitionChange that gives it its new leader.
+    pub fn elect(
+        &self,
+        image: &ClusterImage,
+        election: ElectionType,
+        topic_id: TopicId,
+        partition: i32,
+    ) -> Result<MetadataRecord, ElectionError> {
+        let p = image
+            .topics
+            .get(&topic_id)
+            .and_then(|t| t.partitions.get(usize::try_from(partition).ok()?))
+            .ok_or(ElectionError::UnknownPartition)?;
+        let alive = |b: i32| image.brokers.get(&b).is_some_and(|x| !x.fenced);
+        let change = |leader: i32, isr: Option<Vec<i32>>| MetadataRecord::PartitionChange {
+            topic_id,
+            partition,
+            leader,
+            isr,
+            replicas: None,
+        };
+        match election {
+            ElectionType::Preferred => {
+                let preferred = *p.replicas.first().ok_or(ElectionError::UnknownPartition)?;
+                if p.leader == preferred {
+                    Err(ElectionError::NotNeeded)
+                } else if alive(preferred) && p.isr.contains(&preferred) {
+                    Ok(change(preferred, None))
+                } else {
+                    Err(ElectionError::PreferredNotAvailable)
+                }
+            }
+            ElectionType::Unclean => {
+                if p.leader >= 0 {
+                    return Err(ElectionError::NotNeeded);
+                }
+                if let Some(b) = p.isr.iter().copied().find(|b| alive(*b)) {
+                    return Ok(change(b, None));
+                }
+                match p.replicas.iter().copied().find(|b| alive(*b)) {
+                    Some(b) => Ok(change(b, Some(vec![b]))),
+                    None => Err(ElectionError::EligibleLeadersNotAvailable),
+                }
+            }
+        }
+    }
+
+    /// The partitions an automatic preferred-leader election should move back
+    /// (`auto.leader.rebalance.enable`): of each live broker whose share of partitions it
+    /// prefers but does not lead is above `imbalance_percent`, those it can lead now (in
+    /// the ISR).
+    pub fn imbalanced(&self, image: &ClusterImage, imbalance_percent: u32) -> Vec<(TopicId, i32)> {
+        let mut preferred: BTreeMap<i32, (usize, Vec<(TopicId, i32)>)> = BTreeMap::new();
+        for (id, t) in &image.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let Some(&first) = p.replicas.first() else {
+                    continue;
+                };
+                let entry = preferred.entry(first).or_default();
+                entry.0 += 1;
+                if p.leader != first && p.isr.contains(&first) {
+                    entry.1.push((*id, i as i32));
+                }
+            }
+        }
+        preferred
+            .into_iter()
+            .filter(|(b, _)| image.brokers.get(b).is_some_and(|x| !x.fenced))
+            .filter(|(_, (total, movable))| {
+                movable.len() * 100 > *total * imbalance_percent as usize
+            })
+            .flat_map(|(_, (_, movable))| movable)
+            .collect()
+    }
+
     fn leaderships_restored_to(
         &self,
         config: &ControllerConfig,
@@ -543,6 +641,8 @@ struct Placer<'a> {
     replicas: BTreeMap<i32, usize>,
     /// Replicas per (broker, shard index).
     shard_load: BTreeMap<(i32, u32), usize>,
+    /// Partitions each broker is the preferred leader (first replica) of.
+    preferred: BTreeMap<i32, usize>,
 }
 
 impl<'a> Placer<'a> {
@@ -554,8 +654,12 @@ impl<'a> Placer<'a> {
             .map(|(id, _)| (*id, 0))
             .collect();
         let mut shard_load = BTreeMap::new();
+        let mut preferred = BTreeMap::new();
         for t in image.topics.values() {
             for p in &t.partitions {
+                if let Some(first) = p.replicas.first() {
+                    *preferred.entry(*first).or_insert(0) += 1;
+                }
                 for r in &p.replicas {
                     if let Some(n) = replicas.get_mut(r) {
                         *n += 1;
@@ -568,6 +672,7 @@ impl<'a> Placer<'a> {
             image,
             replicas,
             shard_load,
+            preferred,
         }
     }
 
@@ -632,6 +737,14 @@ impl<'a> Placer<'a> {
                 (load, *s)
             })
             .ok_or(ControllerError::NoCommonShard(0))?;
+        // The first replica is the preferred leader: the chosen broker that leads fewest, so
+        // that leaders spread as evenly as replicas do (equal replica counts alone would
+        // put every leader on the lowest broker id).
+        let first = (0..chosen.len())
+            .min_by_key(|i| (self.preferred.get(&chosen[*i]).copied().unwrap_or(0), *i))
+            .unwrap_or(0);
+        chosen.rotate_left(first);
+        *self.preferred.entry(chosen[0]).or_insert(0) += 1;
         for b in &chosen {
             *self.replicas.get_mut(b).expect("usable broker") += 1;
             *self.shard_load.entry((*b, shard_index)).or_insert(0) += 1;
@@ -734,12 +847,150 @@ mod tests {
             .create_topic(&CONFIG, &image, &new_topic("u", 2, 3, 3))
             .unwrap();
         commit(&mut image, r);
+        let mut leaders = Vec::new();
         for p in &image.topic("u").unwrap().1.partitions {
             let mut replicas = p.replicas.clone();
             replicas.sort_unstable();
             assert_eq!(replicas, vec![1, 2, 3]);
             assert_eq!(p.shard_index, 0, "broker 3 runs one shard");
+            leaders.push(p.leader);
         }
+        // Every replica on every broker, so the first replica (the leader) spreads instead.
+        leaders.sort_unstable();
+        assert_eq!(
+            leaders,
+            vec![1, 2, 3],
+            "leaders of an RF 3 topic on 3 brokers"
+        );
+    }
+
+    /// Moves partition 0 of topic 1's leadership to `to` (ISR unchanged).
+    fn lead(image: &mut ClusterImage, partition: i32, to: i32) {
+        let r = MetadataRecord::PartitionChange {
+            topic_id: TopicId([1; 16]),
+            partition,
+            leader: to,
+            isr: None,
+            replicas: None,
+        };
+        commit(image, vec![r]);
+    }
+
+    #[test]
+    fn elections_follow_kafkas_rules() {
+        let (mut image, c) = cluster([None, None, None], [1, 1, 1]);
+        let r = c
+            .create_topic(&CONFIG, &image, &new_topic("t", 1, 3, 3))
+            .unwrap();
+        commit(&mut image, r);
+        let id = TopicId([1; 16]);
+        let part = |image: &ClusterImage, i: usize| image.topics[&id].partitions[i].clone();
+        let preferred = part(&image, 0).replicas[0];
+        // The preferred leader already leads.
+        assert_eq!(
+            c.elect(&image, ElectionType::Preferred, id, 0),
+            Err(ElectionError::NotNeeded)
+        );
+        assert_eq!(
+            c.elect(&image, ElectionType::Preferred, id, 7),
+            Err(ElectionError::UnknownPartition)
+        );
+        let other = part(&image, 0).replicas[1];
+        lead(&mut image, 0, other);
+        // Led elsewhere, preferred alive and in the ISR: moved back, epoch bumped.
+        let epoch = part(&image, 0).leader_epoch;
+        let r = c.elect(&image, ElectionType::Preferred, id, 0).unwrap();
+        commit(&mut image, vec![r]);
+        assert_eq!(part(&image, 0).leader, preferred);
+        assert_eq!(part(&image, 0).leader_epoch, epoch + 1);
+        // Preferred out of the ISR: not available.
+        lead(&mut image, 0, other);
+        let isr: Vec<i32> = part(&image, 0)
+            .isr
+            .into_iter()
+            .filter(|b| *b != preferred)
+            .collect();
+        commit(
+            &mut image,
+            vec![MetadataRecord::PartitionChange {
+                topic_id: id,
+                partition: 0,
+                leader: LEADER_UNCHANGED,
+                isr: Some(isr),
+                replicas: None,
+            }],
+        );
+        assert_eq!(
+            c.elect(&image, ElectionType::Preferred, id, 0),
+            Err(ElectionError::PreferredNotAvailable)
+        );
+        // Unclean: a partition with a leader needs none.
+        assert_eq!(
+            c.elect(&image, ElectionType::Unclean, id, 0),
+            Err(ElectionError::NotNeeded)
+        );
+        // Leaderless, its only ISR member fenced: a live replica leads alone.
+        let p1 = part(&image, 1);
+        let sole = p1.replicas[0];
+        let sole_epoch = image.brokers[&sole].epoch;
+        commit(
+            &mut image,
+            vec![
+                MetadataRecord::PartitionChange {
+                    topic_id: id,
+                    partition: 1,
+                    leader: -1,
+                    isr: Some(vec![sole]),
+                    replicas: None,
+                },
+                MetadataRecord::FenceBroker {
+                    broker_id: sole,
+                    broker_epoch: sole_epoch,
+                },
+            ],
+        );
+        let r = c.elect(&image, ElectionType::Unclean, id, 1).unwrap();
+        commit(&mut image, vec![r]);
+        let p1 = part(&image, 1);
+        assert_ne!(p1.leader, sole);
+        assert_eq!(p1.isr, vec![p1.leader]);
+    }
+
+    #[test]
+    fn automatic_rebalance_moves_back_only_above_the_imbalance_share() {
+        let (mut image, c) = cluster([None, None, None], [1, 1, 1]);
+        let r = c
+            .create_topic(&CONFIG, &image, &new_topic("t", 1, 30, 3))
+            .unwrap();
+        commit(&mut image, r);
+        let id = TopicId([1; 16]);
+        assert!(c.imbalanced(&image, 10).is_empty());
+        // One of broker 1's ten preferred partitions led elsewhere: 10%, not above it.
+        let of_1: Vec<i32> = (0..30)
+            .filter(|i| image.topics[&id].partitions[*i as usize].replicas[0] == 1)
+            .collect();
+        assert_eq!(of_1.len(), 10);
+        let elsewhere =
+            |image: &ClusterImage, i: i32| image.topics[&id].partitions[i as usize].replicas[1];
+        let to = elsewhere(&image, of_1[0]);
+        lead(&mut image, of_1[0], to);
+        assert!(c.imbalanced(&image, 10).is_empty());
+        // Two of ten: 20%, both moved back.
+        let to = elsewhere(&image, of_1[1]);
+        lead(&mut image, of_1[1], to);
+        let mut back = c.imbalanced(&image, 10);
+        back.sort();
+        assert_eq!(back, vec![(id, of_1[0]), (id, of_1[1])]);
+        // A fenced preferred leader gets nothing back.
+        let epoch = image.brokers[&1].epoch;
+        commit(
+            &mut image,
+            vec![MetadataRecord::FenceBroker {
+                broker_id: 1,
+                broker_epoch: epoch,
+            }],
+        );
+        assert!(c.imbalanced(&image, 10).is_empty());
     }
 
     #[test]
