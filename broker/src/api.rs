@@ -176,6 +176,11 @@ pub const SUPPORTED_APIS: &[ApiRange] = &[
         max: 2,
     },
     ApiRange {
+        key: ApiKey::ElectLeaders,
+        min: 0,
+        max: 2,
+    },
+    ApiRange {
         key: ApiKey::DescribeTopicPartitions,
         min: 0,
         max: 0,
@@ -335,6 +340,9 @@ pub async fn dispatch(
         ),
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(handlers::describe_cluster::handle(&ctx, r))
+        }
+        RequestKind::ElectLeaders(r) => {
+            ResponseKind::ElectLeaders(handlers::elect_leaders::handle(&ctx, r).await)
         }
         RequestKind::DescribeQuorum(r) => {
             ResponseKind::DescribeQuorum(handlers::describe_quorum::handle(&ctx, r).await)

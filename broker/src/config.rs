@@ -145,6 +145,13 @@ pub struct BrokerConfig {
     /// Partition replication is being built (followers fetch and acks=all waits for the ISR,
     /// but ISR changes do not reach the controller yet), so it stays off by default.
     pub replication_factor_max: usize,
+    /// `auto.leader.rebalance.enable` (true): the active controller moves leaderships back to
+    /// their preferred replica (the first) where a broker leads more than
+    /// `leader.imbalance.per.broker.percentage` (10) too few of the partitions it prefers,
+    /// checked every `leader.imbalance.check.interval.seconds` (300).
+    pub auto_leader_rebalance_enable: bool,
+    pub leader_imbalance_check_interval_seconds: u64,
+    pub leader_imbalance_per_broker_percentage: u32,
     /// `min.insync.replicas` (1): the topic config's broker default (acks=all needs an ISR
     /// this large).
     pub min_insync_replicas: u32,
@@ -239,6 +246,9 @@ impl Default for BrokerConfig {
             unclean_leader_election: false,
             replica_lag_time_max_ms: 30_000,
             replication_factor_max: 1,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 300,
+            leader_imbalance_per_broker_percentage: 10,
             default_replication_factor: 1,
             min_insync_replicas: 1,
             replica_fetch_max_bytes: 1 << 20,
@@ -370,6 +380,20 @@ impl BrokerConfig {
                 "process.roles" => self.roles = parse_roles(value)?,
                 "replica.lag.time.max.ms" => {
                     self.replica_lag_time_max_ms = parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "auto.leader.rebalance.enable" => {
+                    self.auto_leader_rebalance_enable = parse(key, value)?
+                }
+                "leader.imbalance.check.interval.seconds" => {
+                    self.leader_imbalance_check_interval_seconds =
+                        parse::<std::num::NonZeroU64>(key, value)?.get()
+                }
+                "leader.imbalance.per.broker.percentage" => {
+                    let v: u32 = parse(key, value)?;
+                    if v > 100 {
+                        bail!("leader.imbalance.per.broker.percentage must be between 0 and 100");
+                    }
+                    self.leader_imbalance_per_broker_percentage = v
                 }
                 "min.insync.replicas" => {
                     self.min_insync_replicas = parse::<std::num::NonZeroU32>(key, value)?.get()

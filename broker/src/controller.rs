@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use glommio::sync::Semaphore;
 use replication::metadata::controller::{
-    Controller as Decisions, ControllerConfig, ControllerError, NewTopic, Registration,
+    Controller as Decisions, ControllerConfig, ControllerError, ElectionError, ElectionType,
+    NewTopic, Registration,
 };
 use replication::metadata::records::ConfigResource;
 use replication::metadata::{ClusterImage, Endpoint, MetadataRecord, TopicId};
@@ -97,6 +98,35 @@ pub enum CreatePartitionsError {
     Commit(CommitError),
 }
 
+/// Why ElectLeaders left one partition's leader as it was.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum ElectError {
+    #[error("unknown topic or partition")]
+    Unknown,
+    #[error("the partition already has the leader this election would give it")]
+    NotNeeded,
+    #[error("the preferred leader is fenced or not in the ISR")]
+    PreferredNotAvailable,
+    #[error("no live replica can lead")]
+    EligibleNotAvailable,
+    #[error(transparent)]
+    Commit(CommitError),
+}
+
+impl From<ElectionError> for ElectError {
+    fn from(e: ElectionError) -> ElectError {
+        match e {
+            ElectionError::NotNeeded => ElectError::NotNeeded,
+            ElectionError::PreferredNotAvailable => ElectError::PreferredNotAvailable,
+            ElectionError::EligibleLeadersNotAvailable => ElectError::EligibleNotAvailable,
+            ElectionError::UnknownPartition => ElectError::Unknown,
+        }
+    }
+}
+
+/// One partition's ElectLeaders outcome: topic, partition, result.
+pub type Elected = (String, i32, Result<(), ElectError>);
+
 /// One change to a topic's configs (IncrementalAlterConfigs' operations; AlterConfigs is
 /// a `replace` with `Set`s).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -157,6 +187,12 @@ pub enum ControllerCall {
     DescribeQuorum,
     /// A partition leader's ISR change (Kafka's AlterPartition).
     AlterPartition(IsrChangeAsk),
+    /// Leader elections (Kafka's ElectLeaders): preferred or unclean, for the named
+    /// partitions or (none) every partition.
+    ElectLeaders {
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    },
 }
 
 /// A partition leader's ISR change as it asks the controller for it: made against the
@@ -194,6 +230,7 @@ pub enum ControllerAnswer {
     Quorum(QuorumState),
     /// The ISR committed, or why the change was refused.
     AlterPartition(Result<Vec<i32>, String>),
+    ElectLeaders(Vec<Elected>),
 }
 
 /// The active controller's state for one term: its decisions' memory (brokers' last
@@ -899,6 +936,86 @@ impl Controller {
         }
     }
 
+    /// Elects leaders (preferred or unclean) for `partitions`, or every partition when none
+    /// are named; then, as Kafka, partitions that needed no election are left out of the
+    /// answer.
+    async fn elect_leaders_local(
+        &self,
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Vec<Elected> {
+        let election = if unclean {
+            ElectionType::Unclean
+        } else {
+            ElectionType::Preferred
+        };
+        let all = partitions.is_none();
+        let named = partitions.clone();
+        let outcome = self
+            .mutate(|image, d, _| {
+                let asks: std::collections::BTreeSet<(String, i32)> = match partitions {
+                    Some(p) => p.into_iter().collect(),
+                    None => image
+                        .topics
+                        .values()
+                        .flat_map(|t| (0..t.partitions.len() as i32).map(|i| (t.name.clone(), i)))
+                        .collect(),
+                };
+                let mut records = Vec::new();
+                let mut results = Vec::new();
+                for (name, i) in asks {
+                    let r = match image.topic(&name) {
+                        None => Err(ElectError::Unknown),
+                        Some((id, _)) => d
+                            .elect(image, election, *id, i)
+                            .map(|record| records.push(record))
+                            .map_err(ElectError::from),
+                    };
+                    if all && matches!(r, Err(ElectError::NotNeeded)) {
+                        continue;
+                    }
+                    if r.is_ok() && unclean {
+                        tracing::warn!(topic = %name, partition = i, "unclean leader election: records only the lost ISR had are gone");
+                    }
+                    results.push((name, i, r));
+                }
+                (records, results)
+            })
+            .await;
+        match outcome {
+            Ok((results, _)) => results,
+            Err(e) => {
+                tracing::warn!(error = %e, "leader election failed");
+                named
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(t, p)| (t, p, Err(ElectError::Commit(e.clone()))))
+                    .collect()
+            }
+        }
+    }
+
+    /// The active controller's timer duty with `auto.leader.rebalance.enable`: preferred
+    /// leaders back where a broker leads too few of the partitions it prefers.
+    async fn rebalance_leaders(&self) -> Result<usize, CommitError> {
+        let percent = self.config.leader_imbalance_per_broker_percentage;
+        let (moved, _) = self
+            .mutate(|image, d, _| {
+                let records: Vec<MetadataRecord> = d
+                    .imbalanced(image, percent)
+                    .into_iter()
+                    .filter_map(|(id, i)| d.elect(image, ElectionType::Preferred, id, i).ok())
+                    .collect();
+                let n = records.len();
+                (records, n)
+            })
+            .await?;
+        if moved > 0 {
+            tracing::info!(partitions = moved, "preferred leaders restored");
+        }
+        Ok(moved)
+    }
+
     /// The active controller's timer duty: fence brokers whose session expired.
     async fn expire_sessions(&self) -> Result<(), CommitError> {
         let cfg = self.decisions_config();
@@ -1336,6 +1453,12 @@ impl Controller {
                     .map(|r| (r.start, r.end))
                     .map_err(|e| format!("{e:#}")),
             ),
+            ControllerCall::ElectLeaders {
+                unclean,
+                partitions,
+            } => {
+                ControllerAnswer::ElectLeaders(self.elect_leaders_local(unclean, partitions).await)
+            }
             ControllerCall::AlterPartition(ask) => {
                 ControllerAnswer::AlterPartition(self.alter_partition_local(ask).await)
             }
@@ -1409,6 +1532,23 @@ impl Controller {
             Ok(ControllerAnswer::DeleteTopics(r)) if r.len() == n => r,
             Ok(_) => failed(n, DeleteTopicError::Commit(mismatch())),
             Err(e) => failed(n, DeleteTopicError::Commit(e)),
+        }
+    }
+
+    pub async fn elect_leaders(
+        &self,
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<Elected>, CommitError> {
+        match self
+            .route(ControllerCall::ElectLeaders {
+                unclean,
+                partitions,
+            })
+            .await?
+        {
+            ControllerAnswer::ElectLeaders(r) => Ok(r),
+            _ => Err(mismatch()),
         }
     }
 
@@ -1633,8 +1773,10 @@ async fn publish_loop(controller: Rc<Controller>, shard: Rc<Shard>, log: Meta) {
     }
 }
 
-/// This broker's heartbeats, and the active controller's session checks.
+/// This broker's heartbeats, and the active controller's session checks and automatic
+/// leader rebalance.
 async fn heartbeat_loop(controller: std::rc::Weak<Controller>) {
+    let mut last_rebalance = Instant::now();
     loop {
         let Some(c) = controller.upgrade() else {
             return;
@@ -1656,6 +1798,13 @@ async fn heartbeat_loop(controller: std::rc::Weak<Controller>) {
         if c.log().is_ok_and(|l| l.is_leader()) {
             if let Err(e) = c.expire_sessions().await {
                 tracing::warn!(error = %e, "broker session check failed");
+            }
+            let every = Duration::from_secs(c.config.leader_imbalance_check_interval_seconds);
+            if c.config.auto_leader_rebalance_enable && last_rebalance.elapsed() >= every {
+                last_rebalance = Instant::now();
+                if let Err(e) = c.rebalance_leaders().await {
+                    tracing::warn!(error = %e, "automatic leader rebalance failed");
+                }
             }
         }
     }

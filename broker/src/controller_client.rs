@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use crate::controller::{
     AlterConfigsError, ConfigOp, Controller, CreatePartitionsError, CreateTopicError,
-    DeleteTopicError, IsrChangeAsk, TopicSpec,
+    DeleteTopicError, Elected, IsrChangeAsk, TopicSpec,
 };
 use crate::metadata::TopicMeta;
 use crate::shard::{Shard, ShardId};
@@ -53,6 +53,17 @@ impl<'a> ControllerClient<'a> {
         ask: IsrChangeAsk,
     ) -> Result<Result<Vec<i32>, String>, ControllerUnavailable> {
         self.call(move |c| async move { c.alter_partition(ask).await })
+            .await
+    }
+
+    /// Leader elections (ElectLeaders): one outcome per partition named (per partition
+    /// that needed one when none are named), or why the controller could not decide.
+    pub async fn elect_leaders(
+        &self,
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Result<Vec<Elected>, crate::metadata_log::CommitError>, ControllerUnavailable> {
+        self.call(move |c| async move { c.elect_leaders(unclean, partitions).await })
             .await
     }
 

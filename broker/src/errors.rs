@@ -101,6 +101,17 @@ pub fn commit_error(e: &CommitError) -> ResponseError {
     }
 }
 
+pub fn elect_error(e: &crate::controller::ElectError) -> ResponseError {
+    use crate::controller::ElectError;
+    match e {
+        ElectError::Unknown => ResponseError::UnknownTopicOrPartition,
+        ElectError::NotNeeded => ResponseError::ElectionNotNeeded,
+        ElectError::PreferredNotAvailable => ResponseError::PreferredLeaderNotAvailable,
+        ElectError::EligibleNotAvailable => ResponseError::EligibleLeadersNotAvailable,
+        ElectError::Commit(e) => commit_error(e),
+    }
+}
+
 pub fn create_topic_error(e: &CreateTopicError) -> ResponseError {
     match e {
         CreateTopicError::AlreadyExists => ResponseError::TopicAlreadyExists,

@@ -392,21 +392,22 @@ fn a_stopped_broker_is_fenced_and_unfenced_when_it_resumes() {
     // Each leader change bumped the epoch (offline, then back): Metadata says so, node 3
     // stamps the new epoch on what it appends, and a fetch with the old epoch is fenced.
     let p3 = before.iter().position(|l| *l == 3).unwrap() as i32;
+    // (A node answering while it catches up may not list the partition yet: None.)
     let epoch_now = |node: i32| {
         let md = metadata(&mut cluster.client(node), Some("f"));
-        md.topics[0]
-            .partitions
-            .iter()
-            .find(|p| p.partition_index == p3)
-            .unwrap()
-            .leader_epoch
+        md.topics.first().and_then(|t| {
+            t.partitions
+                .iter()
+                .find(|p| p.partition_index == p3)
+                .map(|p| p.leader_epoch)
+        })
     };
     wait_until(
         "node 3 applied the new epoch",
         Duration::from_secs(10),
-        || epoch_now(3) == epoch_now(1),
+        || epoch_now(3).is_some() && epoch_now(3) == epoch_now(1),
     );
-    let epoch = epoch_now(1);
+    let epoch = epoch_now(1).unwrap();
     assert!(
         epoch >= 2,
         "leader epoch {epoch} after a fence and an unfence"
@@ -1101,4 +1102,168 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_and_acks_one_goes_on() {
         .map(|r| r.value.clone().unwrap())
         .collect();
     assert_eq!(values, [&b"first"[..], b"one", b"last"]);
+}
+
+/// Each partition's (leader, preferred replica, ISR) as `node` describes `topic`.
+fn placement(cluster: &Cluster, node: i32, topic: &str) -> Vec<(i32, i32, Vec<i32>)> {
+    let md = metadata(&mut cluster.client(node), Some(topic));
+    let mut parts: Vec<_> = md.topics[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            let isr = p.isr_nodes.iter().map(|b| b.0).collect();
+            (
+                p.partition_index,
+                (p.leader_id.0, p.replica_nodes[0].0, isr),
+            )
+        })
+        .collect();
+    parts.sort_by_key(|(i, _)| *i);
+    parts.into_iter().map(|(_, x)| x).collect()
+}
+
+fn elect(
+    c: &mut Client,
+    election: i8,
+    partitions: Option<&[(&str, &[i32])]>,
+) -> ElectLeadersResponse {
+    let mut req = ElectLeadersRequest::default();
+    req.election_type = election;
+    req.timeout_ms = 30_000;
+    req.topic_partitions = partitions.map(|ps| {
+        ps.iter()
+            .map(|(t, p)| {
+                let mut tp = elect_leaders_request::TopicPartitions::default();
+                tp.topic = TopicName(StrBytes::from_string((*t).into()));
+                tp.partitions = p.to_vec();
+                tp
+            })
+            .collect()
+    });
+    c.send(&req, 2)
+}
+
+/// ElectLeaders' per-partition codes as (topic, partition, code), sorted.
+fn election_codes(r: &ElectLeadersResponse) -> Vec<(String, i32, i16)> {
+    let mut v: Vec<_> = r
+        .replica_election_results
+        .iter()
+        .flat_map(|t| {
+            t.partition_result
+                .iter()
+                .map(|p| (t.topic.0.to_string(), p.partition_id, p.error_code))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Stops `victim` with SIGTERM (its leaderships move), starts it again and waits until it
+/// is back in every ISR of `topic`; returns the placement then.
+fn bounce_and_rejoin(cluster: &mut Cluster, victim: i32, topic: &str) -> Vec<(i32, i32, Vec<i32>)> {
+    let other = victim % 3 + 1;
+    cluster.signal(victim, libc::SIGTERM);
+    wait_until("the stopped broker exited", Duration::from_secs(30), || {
+        !cluster.is_running(victim)
+    });
+    cluster.restart(victim);
+    let mut now = Vec::new();
+    wait_until(
+        "the restarted broker back in every ISR",
+        Duration::from_secs(60),
+        || {
+            now = placement(cluster, other, topic);
+            now.iter().all(|(_, _, isr)| isr.contains(&victim))
+        },
+    );
+    now
+}
+
+#[test]
+fn elect_leaders_moves_leaders_back_to_their_preferred_replicas() {
+    const ELECTION_NOT_NEEDED: i16 = 84;
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    // No automatic rebalance during the test: only ElectLeaders moves leaders back.
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "sluice.replication.factor.max=3",
+            "leader.imbalance.check.interval.seconds=3600",
+        ],
+    );
+    assert_eq!(cluster.client(1).create_topic_rf("preferred", 3, 3), 0);
+    let before = placement(&cluster, 1, "preferred");
+    // Placement spreads the leaders, each its partition's first replica.
+    let mut leaders: Vec<i32> = before.iter().map(|(l, _, _)| *l).collect();
+    leaders.sort();
+    assert_eq!(leaders, vec![1, 2, 3], "{before:?}");
+    assert!(before.iter().all(|(l, p, _)| l == p), "{before:?}");
+    let victim = before[0].0;
+    let other = victim % 3 + 1;
+    let after = bounce_and_rejoin(&mut cluster, victim, "preferred");
+    assert!(
+        after.iter().all(|(l, _, _)| *l != victim),
+        "a restart alone gives no leadership back: {after:?}"
+    );
+
+    let mut c = cluster.client(other);
+    let r = elect(
+        &mut c,
+        0,
+        Some(&[("preferred", &[0, 1, 2]), ("no-such-topic", &[0])]),
+    );
+    assert_eq!(r.error_code, 0);
+    let mut want = vec![("no-such-topic".to_string(), 0, UNKNOWN_TOPIC_OR_PARTITION)];
+    for (i, (l, p, _)) in after.iter().enumerate() {
+        let code = if l == p { ELECTION_NOT_NEEDED } else { 0 };
+        want.push(("preferred".to_string(), i as i32, code));
+    }
+    want.sort();
+    assert_eq!(election_codes(&r), want);
+    wait_until(
+        "leaders back on their preferred replicas",
+        Duration::from_secs(10),
+        || {
+            placement(&cluster, other, "preferred")
+                .iter()
+                .all(|(l, p, _)| l == p)
+        },
+    );
+    // Every partition asked (null): none needs an election, so none is answered.
+    let r = elect(&mut c, 0, None);
+    assert_eq!((r.error_code, election_codes(&r)), (0, vec![]));
+    // An unclean election for a partition that has a leader is not needed either.
+    let r = elect(&mut c, 1, Some(&[("preferred", &[1])]));
+    assert_eq!(
+        election_codes(&r),
+        vec![("preferred".to_string(), 1, ELECTION_NOT_NEEDED)]
+    );
+}
+
+#[test]
+fn the_automatic_rebalance_gives_a_restarted_broker_its_leaderships_back() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "sluice.replication.factor.max=3",
+            "leader.imbalance.check.interval.seconds=1",
+        ],
+    );
+    assert_eq!(cluster.client(1).create_topic_rf("rebalanced", 3, 3), 0);
+    let victim = placement(&cluster, 1, "rebalanced")[1].0;
+    bounce_and_rejoin(&mut cluster, victim, "rebalanced");
+    let other = victim % 3 + 1;
+    wait_until(
+        "the rebalance to restore preferred leaders",
+        Duration::from_secs(30),
+        || {
+            placement(&cluster, other, "rebalanced")
+                .iter()
+                .all(|(l, p, _)| l == p)
+        },
+    );
+    let controller = cluster.controller(other, Duration::from_secs(10)).unwrap();
+    assert!(cluster
+        .log(controller)
+        .contains("preferred leaders restored"));
 }
