@@ -638,6 +638,29 @@ def run(args, d, bootstrap, cluster, procs):
         raise AssertionError(f"{len(problems)} problems in the history")
     log(f"failover: {args.rounds} leader kills, no acknowledged record lost, no duplicate, "
         "every consumer saw the final log")
+    preferred_election(bootstrap, topic)
+
+
+def preferred_election(bootstrap, topic):
+    """After the kills, a preferred-leader election (confluent-kafka's elect_leaders, every
+    partition) puts each partition's leadership back on its first replica."""
+    from confluent_kafka import ElectionType
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    results = admin.elect_leaders(ElectionType.PREFERRED, None).result(60)
+    elected = sorted((tp.topic, tp.partition) for tp, err in results.items() if err is None)
+    deadline = time.time() + 30
+    while True:
+        md = admin.list_topics(topic, timeout=20).topics[topic].partitions.values()
+        off = {p.id: (p.leader, p.replicas[0]) for p in md if p.leader != p.replicas[0]}
+        if not off:
+            break
+        if time.time() > deadline:
+            raise AssertionError(f"preferred election left leaders off their first replica: {off}")
+        time.sleep(0.5)
+    log(f"preferred leader election: {len(elected)} partitions moved back "
+        f"({elected[:6]}), every partition of {topic} led by its first replica")
 
 
 if __name__ == "__main__":
