@@ -51,6 +51,8 @@ pub struct Metrics {
     pub connections_refused: Cell<u64>,
     /// Accepts that failed (out of descriptors or memory) and were backed off from.
     pub accept_failures: Cell<u64>,
+    /// Fetch response bytes this shard's replica fetchers received.
+    pub replica_fetch_bytes: Cell<u64>,
     /// Connections closed because a frame did not arrive or a reply was not read in time.
     pub connections_timed_out: Cell<u64>,
     /// Connection warnings left out of the log by the rate limit.
@@ -79,8 +81,9 @@ pub struct PartitionStats {
     pub log_end: i64,
     pub size_bytes: u64,
     pub high_watermark: i64,
-    /// On a leader: each follower's id and lag in offsets behind the log end.
-    pub follower_lag: Vec<(i32, i64)>,
+    /// On a leader: each follower's id, lag in offsets behind the log end, and
+    /// milliseconds since it was last caught up.
+    pub follower_lag: Vec<(i32, i64, u64)>,
 }
 
 /// Everything one shard reports, sendable across cores.
@@ -102,6 +105,10 @@ pub struct ShardSnapshot {
     pub isr_expands: u64,
     /// Partitions this shard leads whose ISR is smaller than their replica set.
     pub under_replicated: u64,
+    /// Partitions this shard holds a replica of that have no leader.
+    pub offline_partitions: u64,
+    /// Record bytes this shard's replica fetchers received.
+    pub replica_fetch_bytes: u64,
     pub sync_latency: SyncLatency,
     pub partitions: Vec<PartitionStats>,
     /// (group, topic, partition, committed offset) of the groups this shard coordinates.
@@ -189,7 +196,7 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             );
         }
     }
-    let per_shard: [ShardFamily; 13] = [
+    let per_shard: [ShardFamily; 15] = [
         (
             "sluice_bytes_received_total",
             "counter",
@@ -267,6 +274,18 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
             "gauge",
             "Partitions this shard leads whose ISR is smaller than their replica set.",
             |s| s.under_replicated,
+        ),
+        (
+            "sluice_offline_partitions",
+            "gauge",
+            "Partitions this shard holds a replica of that have no leader (unavailable to clients).",
+            |s| s.offline_partitions,
+        ),
+        (
+            "sluice_replica_fetch_bytes_total",
+            "counter",
+            "Fetch response bytes this shard's replica fetchers received from leaders.",
+            |s| s.replica_fetch_bytes,
         ),
     ];
     for (name, kind, help, get) in per_shard {
@@ -356,10 +375,29 @@ pub fn render(shards: &[ShardSnapshot]) -> String {
     );
     for s in shards {
         for p in &s.partitions {
-            for (replica, lag) in &p.follower_lag {
+            for (replica, lag, _) in &p.follower_lag {
                 let _ = writeln!(
                     out,
                     "sluice_replica_lag_records{{shard=\"{}\",topic=\"{}\",partition=\"{}\",replica=\"{replica}\"}} {lag}",
+                    s.shard,
+                    escape(&p.topic),
+                    p.partition,
+                );
+            }
+        }
+    }
+    family(
+        "sluice_replica_lag_ms",
+        "gauge",
+        "Milliseconds since a follower was last caught up with the leader's log end (on the leader).",
+        &mut out,
+    );
+    for s in shards {
+        for p in &s.partitions {
+            for (replica, _, ms) in &p.follower_lag {
+                let _ = writeln!(
+                    out,
+                    "sluice_replica_lag_ms{{shard=\"{}\",topic=\"{}\",partition=\"{}\",replica=\"{replica}\"}} {ms}",
                     s.shard,
                     escape(&p.topic),
                     p.partition,
@@ -453,14 +491,19 @@ mod tests {
             log_end: 10,
             size_bytes: 100,
             high_watermark: 8,
-            follower_lag: vec![(2, 3)],
+            follower_lag: vec![(2, 3, 1500)],
         });
+        s.offline_partitions = 2;
         s.committed.push(("g".into(), "a\"b".into(), 0, 4));
         let text = render(&[s]);
         assert!(text.contains("sluice_requests_total{shard=\"1\",api=\"Produce\"} 1"));
         assert!(text.contains(
             "sluice_replica_lag_records{shard=\"1\",topic=\"a\\\"b\",partition=\"0\",replica=\"2\"} 3"
         ));
+        assert!(text.contains(
+            "sluice_replica_lag_ms{shard=\"1\",topic=\"a\\\"b\",partition=\"0\",replica=\"2\"} 1500"
+        ));
+        assert!(text.contains("sluice_offline_partitions{shard=\"1\"} 2"));
         assert!(
             text.contains("sluice_high_watermark{shard=\"1\",topic=\"a\\\"b\",partition=\"0\"} 8")
         );

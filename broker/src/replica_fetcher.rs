@@ -201,6 +201,11 @@ async fn session(
         }
         let mut body = vec![0u8; n as usize];
         conn.read_exact(&mut body).await?;
+        if let Some(s) = shard.upgrade() {
+            let m = &s.metrics;
+            m.replica_fetch_bytes
+                .set(m.replica_fetch_bytes.get() + n as u64);
+        }
         let resp: FetchResponse = protocol::client::decode_response::<FetchRequest>(
             Bytes::from(body),
             FETCH_VERSION,

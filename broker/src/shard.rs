@@ -424,6 +424,22 @@ impl Shard {
         Ok(())
     }
 
+    /// Partitions this shard holds a replica of that have no leader (offline to clients).
+    fn offline_here(&self) -> u64 {
+        let image = self.metadata.borrow();
+        self.partitions
+            .borrow()
+            .keys()
+            .filter(|(t, i)| {
+                image
+                    .topics
+                    .get(t)
+                    .and_then(|m| m.partitions.get(usize::try_from(*i).ok()?))
+                    .is_some_and(|p| p.leader < 0)
+            })
+            .count() as u64
+    }
+
     /// This shard's counters, partitions and groups, for the admin server.
     pub fn snapshot(&self) -> ShardSnapshot {
         let m = &self.metrics;
@@ -453,6 +469,8 @@ impl Shard {
                 .values()
                 .filter(|p| p.is_leader() && p.committed_isr().len() < p.leader_replicas().len())
                 .count() as u64,
+            offline_partitions: self.offline_here(),
+            replica_fetch_bytes: m.replica_fetch_bytes.get(),
             cross_core_sent: m.cross_core_sent.get(),
             sync_latency: self.commit.sync_latency(),
             partitions: self
@@ -467,9 +485,9 @@ impl Shard {
                     size_bytes: p.size_bytes(),
                     high_watermark: p.high_watermark().0,
                     follower_lag: p
-                        .follower_lag()
+                        .follower_lag(crate::handlers::now_ms())
                         .into_iter()
-                        .map(|(id, lag)| (id.0, lag))
+                        .map(|(id, lag, ms)| (id.0, lag, ms))
                         .collect(),
                 })
                 .collect(),

@@ -954,15 +954,21 @@ fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
     };
     assert!(metric("sluice_isr_shrinks_total") >= 1.0);
     assert_eq!(metric("sluice_under_replicated_partitions"), 1.0);
-    let lag_of = |replica: i32| -> f64 {
+    let lag_in = |family: &str, replica: i32| -> f64 {
         let (_, body) = cluster.admin_get(leader, "/metrics");
         let tag = format!("replica=\"{replica}\"");
         body.lines()
-            .filter(|l| l.starts_with("sluice_replica_lag_records{") && l.contains(&tag))
+            .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(&tag))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    let lag_of = |replica: i32| lag_in("sluice_replica_lag_records", replica);
     assert!(lag_of(follower) >= 1.0, "the stopped follower's lag");
+    // Out of the ISR for lagging past the 3 s limit: its time lag says so.
+    assert!(
+        lag_in("sluice_replica_lag_ms", follower) > 3000.0,
+        "the stopped follower's lag in ms"
+    );
     cluster.signal(follower, libc::SIGCONT);
     wait_until(
         "the follower back in the ISR",
@@ -971,6 +977,14 @@ fn the_isr_shrinks_around_a_stopped_follower_and_grows_back() {
     );
     assert!(metric("sluice_isr_expands_total") >= 1.0);
     assert_eq!(lag_of(follower), 0.0, "caught up");
+    // The follower's fetcher counted what it fetched.
+    let (_, body) = cluster.admin_get(follower, "/metrics");
+    let fetched: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("sluice_replica_fetch_bytes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(fetched > 0.0, "replica fetch bytes on the follower");
     wait_until(
         "no partition under-replicated",
         Duration::from_secs(10),

@@ -237,8 +237,9 @@ impl Partition {
     }
 
     /// On the leader: each follower's lag in offsets behind this log's end (a follower that
-    /// has not fetched yet counts from offset 0).
-    pub fn follower_lag(&self) -> Vec<(BrokerId, i64)> {
+    /// has not fetched yet counts from offset 0) and in milliseconds since it was last
+    /// caught up (Kafka's `replica.lag.time.max.ms` measure).
+    pub fn follower_lag(&self, now_ms: u64) -> Vec<(BrokerId, i64, u64)> {
         let end = self.log.log_end_offset().0;
         match &*self.role.borrow() {
             Role::Leader(l) => l
@@ -246,8 +247,10 @@ impl Partition {
                 .into_iter()
                 .skip(1)
                 .map(|id| {
-                    let at = l.follower(id).map_or(0, |p| p.log_end.0.max(0));
-                    (id, (end - at).max(0))
+                    let f = l.follower(id);
+                    let at = f.map_or(0, |p| p.log_end.0.max(0));
+                    let ms = f.map_or(0, |p| now_ms.saturating_sub(p.last_caught_up_ms));
+                    (id, (end - at).max(0), ms)
                 })
                 .collect(),
             Role::Follower { .. } => Vec::new(),

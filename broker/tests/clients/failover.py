@@ -374,6 +374,16 @@ def run_role(args):
 # The cluster and the kills
 
 
+class Cluster:
+    """deploy/cluster.sh with this run's options."""
+
+    def __init__(self, common):
+        self.common = common
+
+    def __call__(self, *args):
+        subprocess.run(["bash", SCRIPT, *args, *self.common], check=True, timeout=180)
+
+
 def read_lines(path):
     if not os.path.exists(path):
         return []
@@ -441,8 +451,7 @@ def main():
                   "--prop", "sluice.replication.factor.max=3",
                   "--prop", "default.replication.factor=3",
                   "--prop", "min.insync.replicas=2"]
-        cluster = lambda *a: subprocess.run(["bash", SCRIPT, *a, *common], check=True,  # noqa: E731
-                                            timeout=180)
+        cluster = Cluster(common)
         cluster("up", "3")
         bootstrap = ",".join(f"127.0.0.1:{base + i}" for i in range(3))
         procs = []
@@ -544,6 +553,64 @@ def coordinator_failover(bootstrap, cluster):
         f"{committed} kept and resumed from")
 
 
+def rolling_restart(bootstrap, topic, cluster, files, procs):
+    """SIGTERM one broker at a time under the same acks=all load, each started again and back
+    in every ISR before the next: the producers see no error (only retriable ones, which
+    they retry), and the longest time any producer went without an acknowledgement is
+    reported."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    errors_before = {p: len(read_lines(files[f"produce-{p}"] + ".errors")) for p in PRODUCERS}
+    counts = {p: len(read_lines(files[f"produce-{p}"])) for p in PRODUCERS}
+    last_ack = {p: time.time() for p in PRODUCERS}
+    longest = {p: 0.0 for p in PRODUCERS}
+
+    def sample():
+        now = time.time()
+        for p in PRODUCERS:
+            n = len(read_lines(files[f"produce-{p}"]))
+            if n > counts[p]:
+                counts[p] = n
+                last_ack[p] = now
+            longest[p] = max(longest[p], now - last_ack[p])
+        dead = [x for x in procs if x.poll() is not None]
+        if dead:
+            raise AssertionError(f"rolling restart: a client process exited: {[x.args[3] for x in dead]}")
+
+    def in_every_isr(node):
+        md = admin.list_topics(topic, timeout=20).topics[topic].partitions.values()
+        return all(node in p.isrs for p in md)
+
+    started = time.time()
+    for node in (1, 2, 3):
+        stop = subprocess.Popen(["bash", SCRIPT, "stop", str(node), *cluster.common],
+                                stdout=subprocess.DEVNULL)
+        while stop.poll() is None:
+            sample()
+            time.sleep(0.2)
+        cluster("start", str(node))
+        deadline = time.time() + 120
+        while not in_every_isr(node):
+            if time.time() > deadline:
+                raise AssertionError(f"rolling restart: node {node} never rejoined the ISR")
+            sample()
+            time.sleep(0.2)
+    # A last look once the load has run on for a while after the last restart.
+    settle = time.time() + 5
+    while time.time() < settle:
+        sample()
+        time.sleep(0.2)
+    new_errors = {p: read_lines(files[f"produce-{p}"] + ".errors")[errors_before[p]:]
+                  for p in PRODUCERS}
+    if any(new_errors.values()):
+        raise AssertionError(f"rolling restart: producers saw errors: "
+                             f"{ {p: e[:3] for p, e in new_errors.items() if e} }")
+    log(f"rolling restart: 3 brokers restarted one at a time in {time.time() - started:.1f} s, "
+        f"no producer error; longest time without an acknowledgement: "
+        f"{', '.join(f'{p} {longest[p]:.2f} s' for p in PRODUCERS)}")
+
+
 def run(args, d, bootstrap, cluster, procs):
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -597,6 +664,7 @@ def run(args, d, bootstrap, cluster, procs):
             f"{partition}); acknowledged {acked_before} -> {acked_after}; every producer "
             f"acknowledged again {time.time() - started:.1f} s after the kill")
         time.sleep(max(0.0, args.interval - (time.time() - started)))
+    rolling_restart(bootstrap, topic, cluster, files, procs)
     open(stop_producers, "w").close()
     for p in procs[: len(PRODUCERS)]:
         p.wait(timeout=400)
