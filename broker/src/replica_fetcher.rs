@@ -295,6 +295,12 @@ async fn apply_response(
             if p.is_leader() {
                 continue;
             }
+            if pd.error_code == ResponseError::OffsetOutOfRange.code() {
+                if let Err(e) = out_of_range(&p, &pd).await {
+                    tracing::warn!(%topic, partition = pd.partition_index, error = %e, "cannot move an out-of-range follower log");
+                }
+                continue;
+            }
             if pd.error_code != 0 {
                 let code = ResponseError::try_from_code(pd.error_code);
                 tracing::debug!(%topic, partition = pd.partition_index, leader = f.leader, error = ?code, "leader refused a replica fetch");
@@ -311,6 +317,26 @@ async fn apply_response(
             }
         }
     }
+}
+
+/// OFFSET_OUT_OF_RANGE from the leader, as Kafka's follower handles it: a log wholly older
+/// than the leader's log start is emptied and starts there; a log beyond what the leader
+/// has (an unclean election gave it a shorter log) is cut back to the leader's high
+/// watermark, where both agree, and fetched again from there.
+async fn out_of_range(
+    p: &Partition,
+    pd: &kafka_protocol::messages::fetch_response::PartitionData,
+) -> Result<(), storage::StorageError> {
+    let end = p.log_end_offset();
+    if pd.log_start_offset > end.0 {
+        tracing::warn!(topic = %p.topic(), partition = p.index(), end = end.0, leader_log_start = pd.log_start_offset, "follower log behind the leader's log start: starting again there");
+        return p.reset_to(Offset(pd.log_start_offset)).await;
+    }
+    if pd.high_watermark >= 0 && pd.high_watermark < end.0 {
+        tracing::warn!(topic = %p.topic(), partition = p.index(), end = end.0, leader_high_watermark = pd.high_watermark, "follower log beyond the leader's: truncating to its high watermark");
+        p.truncate_to(Offset(pd.high_watermark)).await?;
+    }
+    Ok(())
 }
 
 /// One partition's answer: truncate on a diverging epoch, else append what came and wait
@@ -352,5 +378,9 @@ async fn apply_partition(
         p.wait_durable(info.end_offset).await?;
     }
     p.set_leader_high_watermark(Offset(pd.high_watermark));
+    // Retention and DeleteRecords on the leader move every replica's log start.
+    if pd.log_start_offset > p.log_start_offset().0 {
+        p.follow_log_start(Offset(pd.log_start_offset)).await?;
+    }
     Ok(())
 }

@@ -1281,3 +1281,87 @@ fn the_automatic_rebalance_gives_a_restarted_broker_its_leaderships_back() {
         .log(controller)
         .contains("preferred leaders restored"));
 }
+
+/// `name{...topic="<topic>"...}`'s value in `node`'s metrics, if it reports one.
+fn partition_metric(cluster: &Cluster, node: i32, name: &str, topic: &str) -> Option<f64> {
+    let (_, body) = cluster.admin_get(node, "/metrics");
+    let tag = format!("topic=\"{topic}\"");
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&tag))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+}
+
+#[test]
+fn log_start_moves_on_every_replica_and_a_follower_behind_it_starts_again_there() {
+    let cluster = Cluster::start(
+        3,
+        &[
+            "sluice.replication.factor.max=3",
+            "replica.lag.time.max.ms=3000",
+            "broker.heartbeat.interval.ms=300",
+            "broker.session.timeout.ms=60000",
+        ],
+    );
+    assert_eq!(cluster.client(1).create_topic_rf("behind", 1, 3), 0);
+    let leader = leaders(&cluster, 1, "behind")[0];
+    let produce = |v: &[u8]| {
+        cluster.client(leader).produce(
+            "behind",
+            &[(0, batch(&[v.to_vec()], 1, Compression::None))],
+            -1,
+        )[0]
+        .1
+    };
+    for v in [b"a", b"b", b"c"] {
+        assert_eq!(produce(v), 0);
+    }
+    let mut followers = (1..=3).filter(|b| *b != leader);
+    let (stopped, other) = (followers.next().unwrap(), followers.next().unwrap());
+    cluster.signal(stopped, libc::SIGSTOP);
+    // acks=all goes on once the ISR has shrunk without the stopped follower.
+    for v in [b"d", b"e", b"f"] {
+        assert_eq!(produce(v), 0);
+    }
+    // DeleteRecords to the high watermark on the leader: everything the stopped follower
+    // has is now below the leader's log start.
+    let mut p = delete_records_request::DeleteRecordsPartition::default();
+    p.partition_index = 0;
+    p.offset = -1;
+    let mut t = delete_records_request::DeleteRecordsTopic::default();
+    t.name = TopicName(StrBytes::from_string("behind".into()));
+    t.partitions = vec![p];
+    let mut req = DeleteRecordsRequest::default();
+    req.topics = vec![t];
+    req.timeout_ms = 10_000;
+    let r = cluster.client(leader).send(&req, 2);
+    let start = r.topics[0].partitions[0].low_watermark;
+    assert_eq!((r.topics[0].partitions[0].error_code, start), (0, 6));
+    // The follower in the ISR moves its log start along.
+    wait_until(
+        "the other follower's log start",
+        Duration::from_secs(10),
+        || partition_metric(&cluster, other, "sluice_log_start_offset", "behind") == Some(6.0),
+    );
+    cluster.signal(stopped, libc::SIGCONT);
+    wait_until(
+        "the stopped follower back in the ISR",
+        Duration::from_secs(30),
+        || {
+            let md = metadata(&mut cluster.client(leader), Some("behind"));
+            md.topics[0].partitions[0].isr_nodes.len() == 3
+        },
+    );
+    assert!(cluster
+        .log(stopped)
+        .contains("follower log behind the leader's log start"));
+    assert_eq!(
+        partition_metric(&cluster, stopped, "sluice_log_start_offset", "behind"),
+        Some(6.0)
+    );
+    assert_eq!(produce(b"g"), 0);
+    wait_until(
+        "the restarted follower caught up",
+        Duration::from_secs(10),
+        || partition_metric(&cluster, stopped, "sluice_log_end_offset", "behind") == Some(7.0),
+    );
+}

@@ -543,6 +543,17 @@ impl Partition {
         self.log.truncate_to(offset).await
     }
 
+    /// On a follower whose whole log is older than its leader's log start (the leader's
+    /// retention or DeleteRecords removed what it would fetch next): empties the log and
+    /// starts it at `offset`, the leader's log start (Kafka's `truncateFullyAndStartAt`).
+    pub async fn reset_to(&self, offset: Offset) -> Result<(), StorageError> {
+        self.log.reset_to(offset).await?;
+        if self.high_watermark.get() < offset {
+            self.high_watermark.set(offset);
+        }
+        Ok(())
+    }
+
     /// Kafka's OffsetsForLeaderEpoch: the largest epoch at or below `epoch` and the offset
     /// where the next one starts (or the log end for the latest).
     ///
@@ -642,6 +653,16 @@ impl Partition {
             });
         }
         self.log.delete_records(target).await
+    }
+
+    /// On a follower: moves the log start up to the leader's (its retention or DeleteRecords
+    /// moved it), as far as this replica has the log durably; never down.
+    pub async fn follow_log_start(&self, leader_log_start: Offset) -> Result<(), StorageError> {
+        let target = leader_log_start.min(self.log.durable_offset());
+        if target > self.log.log_start_offset() {
+            self.log.delete_records(target.0).await?;
+        }
+        Ok(())
     }
 
     pub async fn enforce_retention(&self, now_ms: u64) -> Result<usize, StorageError> {

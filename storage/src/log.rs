@@ -49,6 +49,7 @@ use crate::producer_state::{ProducerCheck, ProducerError, ProducerStateManager};
 use crate::segment::{align_down, align_up, segment_file_name, LogSegment};
 use crate::{LogConfig, Offset};
 
+mod reset;
 mod truncate;
 
 /// Bytes read at least per step of a fetch scan.
@@ -195,7 +196,12 @@ impl Log {
             .filter_map(|name| name.strip_suffix(".log")?.parse().ok())
             .collect();
         bases.sort_unstable();
-        // A truncation that a crash interrupted is finished first (see `log/truncate.rs`).
+        // A reset that a crash interrupted is finished first (see `log/reset.rs`).
+        let reset = reset::read_marker(dir).await;
+        if let Some(offset) = reset {
+            bases = reset::redo(dir, bases, offset).await?;
+        }
+        // So is a truncation (see `log/truncate.rs`).
         let truncation = truncate::read_marker(dir).await;
         if let Some(offset) = truncation {
             bases = truncate::redo_remove_segments(dir, bases, offset).await?;
@@ -270,6 +276,9 @@ impl Log {
         }
         if truncation.is_some() {
             truncate::remove_marker(dir).await?;
+        }
+        if reset.is_some() {
+            reset::finish(dir).await?;
         }
         tracing::debug!(dir = %dir.display(), %log_start_offset, %next_offset, segments = segments.len(), producers = producers.len(), latest_epoch = ?epochs.latest_epoch(), "log opened");
         Ok(Rc::new(Log {

@@ -276,3 +276,101 @@ fn a_follower_batch_past_the_segment_offset_limit_starts_a_segment_at_its_base()
         assert_eq!(log.log_end_offset(), Offset(1_000_002));
     });
 }
+
+/// A follower log of a few segments (epochs 0 and 2, a producer's batches among them).
+async fn behind(dir: &std::path::Path) -> Offset {
+    let (log, _c, _r) = open(dir, rolling()).await;
+    let mut next = 0i64;
+    for i in 0..30 {
+        let epoch = if i < 15 { 0 } else { 2 };
+        let b = stored_batch(next, 2, epoch, 300);
+        let info = log.append_as_follower(&b, 0).await.unwrap();
+        log.wait_durable(info.end_offset).await.unwrap();
+        next = info.end_offset.0;
+    }
+    log.close().await.unwrap();
+    Offset(next)
+}
+
+#[test]
+fn a_follower_behind_the_leaders_start_empties_its_log_and_starts_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    run(move || async move {
+        let end = behind(&d).await;
+        assert!(segment_files(&d).len() > 1, "several segments");
+        let (log, _c, _r) = open(&d, rolling()).await;
+        // Below the log end is truncate_to's job: refused, nothing changes.
+        assert!(matches!(
+            log.reset_to(Offset(end.0 - 1)).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(log.log_end_offset(), end);
+        // At the end: nothing to skip.
+        log.reset_to(end).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(0));
+        let start = Offset(end.0 + 1000);
+        log.reset_to(start).await.unwrap();
+        assert_eq!(
+            (
+                log.log_start_offset(),
+                log.log_end_offset(),
+                log.durable_offset()
+            ),
+            (start, start, start)
+        );
+        assert_eq!(log.latest_epoch(), None, "no epochs left");
+        assert!(read_all(&log).await.is_empty());
+        // The leader's next batch lands at its own offsets and epoch.
+        let info = log
+            .append_as_follower(&stored_batch(start.0, 3, 7, 100), 0)
+            .await
+            .unwrap();
+        log.wait_durable(info.end_offset).await.unwrap();
+        assert_eq!(log.end_offset_for_epoch(7), Some((7, Offset(start.0 + 3))));
+        log.close().await.unwrap();
+        // Reopened: the same log, one segment.
+        let (log, _c, _r) = open(&d, rolling()).await;
+        assert_eq!(read_all(&log).await, vec![(start.0, 3)]);
+        assert_eq!(log.log_start_offset(), start);
+        assert_eq!(segment_files(&d).len(), 1);
+    });
+}
+
+#[test]
+fn a_reset_cut_short_by_a_crash_is_finished_at_open() {
+    // What a kill leaves after the marker is durable: the old segments all there (step 0),
+    // the new segment created too (step 1), some old ones deleted as well (step 2).
+    for step in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        run(move || async move {
+            let end = behind(&d).await;
+            let start = end.0 + 500;
+            std::fs::write(d.join("reset-to"), format!("{start}\n")).unwrap();
+            let old = segment_files(&d);
+            if step >= 1 {
+                std::fs::write(d.join(format!("{start:020}.log")), b"").unwrap();
+            }
+            if step >= 2 {
+                std::fs::remove_file(&old[0]).unwrap();
+            }
+            let (log, _c, _r) = open(&d, rolling()).await;
+            assert_eq!(
+                (log.log_start_offset(), log.log_end_offset()),
+                (Offset(start), Offset(start)),
+                "step {step}"
+            );
+            assert!(read_all(&log).await.is_empty(), "step {step}");
+            assert_eq!(log.latest_epoch(), None, "step {step}");
+            let info = log
+                .append_as_follower(&stored_batch(start, 1, 3, 50), 0)
+                .await
+                .unwrap();
+            log.wait_durable(info.end_offset).await.unwrap();
+            log.close().await.unwrap();
+            assert!(!d.join("reset-to").exists(), "step {step}: marker removed");
+            assert_eq!(segment_files(&d).len(), 1, "step {step}");
+        });
+    }
+}
