@@ -5,7 +5,7 @@
 #   run.sh --each     every numbered test, one at a time, PASS/FAIL/SKIP each (for triage)
 #   run.sh --each N…  the same for the given test numbers only
 #   run.sh --cluster  the must-pass list against a 3-node cluster (deploy/cluster.sh),
-#                     test.conf listing all three brokers
+#                     test.conf listing all three brokers, every topic with 3 replicas
 #
 # Tests run in quick mode (-Q), without sockem (-E), as Kafka 3.7.0 (the protocol level the
 # broker speaks), against a broker configured like librdkafka's default test scenario
@@ -30,8 +30,10 @@ fi
 if $cluster; then
   base="$(bash "$root/deploy/cluster.sh" free-base-port 3 --base-port 24000)"
   cl=(--dir "$data" --bin "$root/target/release/sluice" --base-port "$base")
+  # Every topic replicated to all three brokers (and __consumer_offsets too).
   bash "$root/deploy/cluster.sh" up 3 "${cl[@]}" \
-    --prop num.partitions=4 --prop auto.create.topics.enable=true >"$log" 2>&1 ||
+    --prop num.partitions=4 --prop auto.create.topics.enable=true \
+    --prop sluice.replication.factor.max=3 --prop default.replication.factor=3 >"$log" 2>&1 ||
     { cat "$log"; exit 1; }
   brokers="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
   pids="$(cat "$data"/node-*/pid | tr '\n' ' ')"

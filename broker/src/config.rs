@@ -141,9 +141,9 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms` (30000): a follower not caught up for this long leaves
     /// the ISR.
     pub replica_lag_time_max_ms: u64,
-    /// `sluice.replication.factor.max` (1): the largest replication factor a topic may have.
-    /// Partition replication is being built (followers fetch and acks=all waits for the ISR,
-    /// but ISR changes do not reach the controller yet), so it stays off by default.
+    /// `sluice.replication.factor.max` (32767, no limit beyond Kafka's): the largest
+    /// replication factor a topic may have; an operator may cap it (1 keeps every partition
+    /// on one broker).
     pub replication_factor_max: usize,
     /// `auto.leader.rebalance.enable` (true): the active controller moves leaderships back to
     /// their preferred replica (the first) where a broker leads more than
@@ -245,7 +245,7 @@ impl Default for BrokerConfig {
             controller_listen: None,
             unclean_leader_election: false,
             replica_lag_time_max_ms: 30_000,
-            replication_factor_max: 1,
+            replication_factor_max: i16::MAX as usize,
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_seconds: 300,
             leader_imbalance_per_broker_percentage: 10,

@@ -29,7 +29,7 @@ use super::records::{
 pub struct ControllerConfig {
     /// `broker.session.timeout.ms`: a broker not heard from for this long is fenced.
     pub session_timeout_ms: u64,
-    /// Replication factors above 1 are refused until partition replication exists.
+    /// `sluice.replication.factor.max`: replication factors above it are refused.
     pub max_replication_factor: usize,
     /// `unclean.leader.election.enable` (false): with no ISR member alive, elect another
     /// live replica (losing what only the ISR had) instead of leaving the partition
@@ -109,11 +109,8 @@ pub enum ControllerError {
     TopicExists(String),
     #[error("number of partitions {0} is invalid")]
     InvalidPartitions(i32),
-    #[error(
-        "replication factor {requested} is not supported yet (at most {max}): partition \
-         replication comes with the next release"
-    )]
-    ReplicationNotSupported { requested: i16, max: usize },
+    #[error("replication factor {requested} exceeds sluice.replication.factor.max ({max})")]
+    ReplicationFactorOverMax { requested: i16, max: usize },
     #[error("replication factor {requested} is larger than the {available} available brokers")]
     InvalidReplicationFactor { requested: i16, available: usize },
     #[error("no broker runs shard index {0}")]
@@ -689,7 +686,7 @@ impl<'a> Placer<'a> {
             });
         }
         if rf > config.max_replication_factor {
-            return Err(ControllerError::ReplicationNotSupported {
+            return Err(ControllerError::ReplicationFactorOverMax {
                 requested: factor,
                 max: config.max_replication_factor,
             });
@@ -1020,7 +1017,7 @@ mod tests {
         };
         assert!(matches!(
             c.create_topic(&one, &image, &new_topic("t", 1, 1, 2)),
-            Err(ControllerError::ReplicationNotSupported { requested: 2, .. })
+            Err(ControllerError::ReplicationFactorOverMax { requested: 2, .. })
         ));
         assert!(matches!(
             c.create_topic(&CONFIG, &image, &new_topic("t", 1, 1, 4)),
