@@ -36,22 +36,16 @@ pub async fn handle(ctx: &RequestContext, req: ElectLeadersRequest) -> ElectLead
     let outcome = ControllerClient::new(&ctx.shard)
         .elect_leaders(election == UNCLEAN, partitions.clone())
         .await;
-    let results = match outcome {
-        Ok(Ok(results)) => results,
-        // Nothing decided: every partition asked for gets the reason (v0 has no top-level
-        // error code).
-        Ok(Err(e)) => {
-            let code = commit_error(&e);
-            partition_errors(
-                &mut resp,
-                partitions.unwrap_or_default(),
-                code,
-                ctx.api_version,
-            );
-            return resp;
-        }
-        Err(e) => {
-            let code = controller_unavailable(&e);
+    // Nothing decided: every partition asked for gets the reason (v0 has no top-level
+    // error code).
+    let failed = match outcome {
+        Ok(Ok(results)) => Ok(results),
+        Ok(Err(e)) => Err(commit_error(&e)),
+        Err(e) => Err(controller_unavailable(&e)),
+    };
+    let results = match failed {
+        Ok(results) => results,
+        Err(code) => {
             partition_errors(
                 &mut resp,
                 partitions.unwrap_or_default(),

@@ -287,6 +287,24 @@ def produce_aiokafka(args, out, errors):
     asyncio.run(run())
 
 
+class CaughtUp:
+    """A consumer's end: once the stop file (the final log's end offsets) is there, when
+    every partition is read to its end, or 120 s after that at the latest."""
+
+    def __init__(self, stop):
+        self.stop = stop
+        self.ends = None
+        self.deadline = None
+
+    def done(self, pos):
+        if self.ends is None and stopped(self.stop):
+            with open(self.stop) as f:
+                self.ends = {int(k): v for k, v in json.load(f).items()}
+            self.deadline = time.time() + 120
+        return self.ends is not None and (
+            all(pos.get(p, 0) >= e for p, e in self.ends.items()) or time.time() > self.deadline)
+
+
 def consume_confluent(args, out, errors):
     from confluent_kafka import Consumer, TopicPartition
 
@@ -300,16 +318,9 @@ def consume_confluent(args, out, errors):
         "auto.offset.reset": "error",
     })
     c.assign([TopicPartition(args.topic, p, 0) for p in range(PARTITIONS)])
-    ends = None
     pos = {}
-    while True:
-        if ends is None and stopped(args.stop):
-            with open(args.stop) as f:
-                ends = {int(k): v for k, v in json.load(f).items()}
-            deadline = time.time() + 120
-        if ends is not None and (all(pos.get(p, 0) >= e for p, e in ends.items())
-                                 or time.time() > deadline):
-            break
+    until = CaughtUp(args.stop)
+    while not until.done(pos):
         for m in c.consume(1000, 0.5):
             if m.error():
                 errors.record(str(m.error()), "")
@@ -332,16 +343,9 @@ def consume_kafka_python(args, out, errors):
     c.assign(tps)
     for tp in tps:
         c.seek(tp, 0)
-    ends = None
     pos = {}
-    while True:
-        if ends is None and stopped(args.stop):
-            with open(args.stop) as f:
-                ends = {int(k): v for k, v in json.load(f).items()}
-            deadline = time.time() + 120
-        if ends is not None and (all(pos.get(p, 0) >= e for p, e in ends.items())
-                                 or time.time() > deadline):
-            break
+    until = CaughtUp(args.stop)
+    while not until.done(pos):
         try:
             polled = c.poll(500, max_records=1000)
         except Exception as e:  # noqa: BLE001
