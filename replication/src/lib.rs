@@ -708,4 +708,6 @@ fn below(records: Bytes, bound: Offset) -> Bytes {
 }
 
 #[cfg(test)]
+mod replica_sim;
+#[cfg(test)]
 mod tests;
