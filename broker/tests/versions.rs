@@ -423,6 +423,20 @@ fn every_advertised_version_answers() {
                             && (v < 4 || d.total_bytes > 0)
                     })
                 }
+                ApiKey::ElectLeaders => {
+                    // A preferred election of a partition its preferred replica leads.
+                    let mut tp = elect_leaders_request::TopicPartitions::default();
+                    tp.topic = name("v");
+                    tp.partitions = vec![0];
+                    let mut req = ElectLeadersRequest::default();
+                    req.topic_partitions = Some(vec![tp]);
+                    req.timeout_ms = 10_000;
+                    c.try_send(&req, v).is_some_and(|r| {
+                        r.error_code == 0
+                            && r.replica_election_results.len() == 1
+                            && r.replica_election_results[0].partition_result[0].error_code == 84
+                    })
+                }
                 other => panic!("advertised {other:?} without a case in this test"),
             };
             assert!(
