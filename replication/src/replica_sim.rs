@@ -24,6 +24,7 @@ use crate::metadata::controller::{
     AlterPartition, Controller as Decisions, ControllerConfig, NewTopic, Registration,
 };
 use crate::metadata::{ClusterImage, MetadataRecord, TopicId};
+use crate::quorum::sim::{seeds, Rng};
 use crate::replica::{self, IsrChange, LeaderState, Leadership};
 use crate::{BrokerId, LeaderEpoch};
 
@@ -40,25 +41,6 @@ const CONFIG: ControllerConfig = ControllerConfig {
     max_replication_factor: 3,
     unclean_leader_election: false,
 };
-
-/// splitmix64, as in `quorum/sim.rs`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
 
 /// One record of the log: (leader epoch, value).
 type Entry = (i32, u64);
@@ -486,6 +468,18 @@ impl Sim {
         self.check();
     }
 
+    /// A crashed node starts again and learns the current image as it rejoins.
+    fn restart(&mut self, i: usize) {
+        self.nodes[i].up = true;
+        self.nodes[i].fetch_in_flight_until = 0;
+        let img = self.image.clone();
+        let id = self.nodes[i].id;
+        self.metadata
+            .entry(id)
+            .or_default()
+            .push_back((self.now + TICK_MS, img));
+    }
+
     fn inject_faults(&mut self) {
         // Crash one node (what was not durable is lost), restart one.
         if self.rng.chance(8) {
@@ -504,15 +498,7 @@ impl Sim {
         if self.rng.chance(20) {
             let i = self.rng.below(NODES as u64) as usize;
             if !self.nodes[i].up {
-                self.nodes[i].up = true;
-                self.nodes[i].fetch_in_flight_until = 0;
-                // It learns the current image again as it rejoins.
-                let img = self.image.clone();
-                let id = self.nodes[i].id;
-                self.metadata
-                    .entry(id)
-                    .or_default()
-                    .push_back((self.now + TICK_MS, img));
+                self.restart(i);
             }
         }
         // Cut or heal a link.
@@ -698,13 +684,7 @@ impl Sim {
         self.cut.clear();
         for i in 0..self.nodes.len() {
             if !self.nodes[i].up {
-                self.nodes[i].up = true;
-                let img = self.image.clone();
-                let id = self.nodes[i].id;
-                self.metadata
-                    .entry(id)
-                    .or_default()
-                    .push_back((self.now + TICK_MS, img));
+                self.restart(i);
             }
         }
         for _ in 0..2000 {
@@ -758,20 +738,6 @@ fn run_seed(seed: u64) -> Stats {
     }
     sim.settle();
     sim.stats
-}
-
-fn seeds() -> Vec<u64> {
-    if let Some(s) = std::env::var("SLUICE_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return vec![s];
-    }
-    let n = std::env::var("SLUICE_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    (1..=n).collect()
 }
 
 #[test]

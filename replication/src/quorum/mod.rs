@@ -410,4 +410,4 @@ fn push_committed(out: &mut Vec<Committed>, entries: Vec<Entry>) {
 }
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;

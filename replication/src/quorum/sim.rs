@@ -24,10 +24,10 @@ use crate::metadata::{ClusterImage, Endpoint, MetadataRecord, TopicId};
 const BROKERS: u64 = 4;
 
 /// splitmix64: small, seedable, good enough to pick faults.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -35,12 +35,12 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
     /// True with probability `per_mille` / 1000.
-    fn chance(&mut self, per_mille: u64) -> bool {
+    pub(crate) fn chance(&mut self, per_mille: u64) -> bool {
         self.below(1000) < per_mille
     }
 }
@@ -815,7 +815,7 @@ fn run_seed(seed: u64) -> Stats {
 }
 
 /// Seeds to run: `SLUICE_SIM_SEED` for one, else `SLUICE_SIM_SEEDS` (default 1000) from 1.
-fn seeds() -> Vec<u64> {
+pub(crate) fn seeds() -> Vec<u64> {
     if let Some(s) = std::env::var("SLUICE_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
