@@ -194,8 +194,8 @@ impl Controller {
         let mut records = Vec::new();
         // A re-registration moves the old incarnation's leaderships away first, except
         // those of partitions it is the only ISR member of: nobody else could lead them,
-        // and taking them offline only to hand them back at the unfence would bump their
-        // epoch twice (and, should the unfence fail to commit, leave them offline).
+        // and taking them offline only to hand them back at the unfence would leave them
+        // offline should the unfence fail to commit. They get a new leader epoch instead.
         if image.brokers.contains_key(&reg.broker_id) {
             let gone = BTreeSet::from([reg.broker_id]);
             records.extend(self.leaderships_moved(config, image, &gone, true));
@@ -315,6 +315,22 @@ impl Controller {
                     continue;
                 }
                 if keep_sole && p.isr.len() == 1 && gone.contains(&p.isr[0]) {
+                    // It keeps leading, but at a new epoch: the new incarnation may have
+                    // lost an unsynced tail that a follower fetched, and only an epoch
+                    // change lets that follower see its suffix as divergent (the same
+                    // epoch over different records would pass the divergence check).
+                    // Both records commit in one entry: never offline in between.
+                    if gone.contains(&p.leader) {
+                        for leader in [-1, p.leader] {
+                            records.push(MetadataRecord::PartitionChange {
+                                topic_id: *id,
+                                partition: i as i32,
+                                leader,
+                                isr: None,
+                                replicas: None,
+                            });
+                        }
+                    }
                     continue;
                 }
                 let rest: Vec<i32> = p
@@ -1307,7 +1323,10 @@ mod tests {
         for p in &image.topics[&solo.topic_id].partitions {
             if p.replicas == [1] {
                 assert_eq!(p.leader, 1, "the only replica keeps leading: {p:?}");
-                assert_eq!(p.leader_epoch, 0, "no offline round trip");
+                assert!(
+                    p.leader_epoch > 0,
+                    "a new incarnation leads at a new epoch: {p:?}"
+                );
             }
         }
         for p in &image.topics[&shared.topic_id].partitions {
