@@ -517,6 +517,7 @@ impl Controller {
         if records.is_empty() {
             return Ok((answer, image.offset));
         }
+        warn_unclean(&image, &records);
         let timeout = Duration::from_millis(self.config.metadata_commit_timeout_ms);
         let index = log.commit(records, timeout).await?;
         self.wait_published(index).await;
@@ -974,9 +975,6 @@ impl Controller {
                     if all && matches!(r, Err(ElectError::NotNeeded)) {
                         continue;
                     }
-                    if r.is_ok() && unclean {
-                        tracing::warn!(topic = %name, partition = i, "unclean leader election: records only the lost ISR had are gone");
-                    }
                     results.push((name, i, r));
                 }
                 (records, results)
@@ -1020,6 +1018,15 @@ impl Controller {
     async fn expire_sessions(&self) -> Result<(), CommitError> {
         let cfg = self.decisions_config();
         self.mutate(|image, d, now| (d.expire_sessions(&cfg, image, now), ()))
+            .await?;
+        Ok(())
+    }
+
+    /// The active controller's timer duty for `unclean.leader.election.enable` turned on
+    /// after a partition went offline.
+    async fn unclean_elections(&self) -> Result<(), CommitError> {
+        let cfg = self.decisions_config();
+        self.mutate(|image, d, _| (d.unclean_elections(&cfg, image), ()))
             .await?;
         Ok(())
     }
@@ -1799,6 +1806,9 @@ async fn heartbeat_loop(controller: std::rc::Weak<Controller>) {
             if let Err(e) = c.expire_sessions().await {
                 tracing::warn!(error = %e, "broker session check failed");
             }
+            if let Err(e) = c.unclean_elections().await {
+                tracing::warn!(error = %e, "unclean leader election failed");
+            }
             let every = Duration::from_secs(c.config.leader_imbalance_check_interval_seconds);
             if c.config.auto_leader_rebalance_enable && last_rebalance.elapsed() >= every {
                 last_rebalance = Instant::now();
@@ -1806,6 +1816,41 @@ async fn heartbeat_loop(controller: std::rc::Weak<Controller>) {
                     tracing::warn!(error = %e, "automatic leader rebalance failed");
                 }
             }
+        }
+    }
+}
+
+/// Logs every leader about to be elected from outside its partition's ISR (an unclean
+/// election, whichever decision made it): what only the ISR had is lost, and the operator
+/// must be told.
+fn warn_unclean(image: &ClusterImage, records: &[MetadataRecord]) {
+    for r in records {
+        let MetadataRecord::PartitionChange {
+            topic_id,
+            partition,
+            leader,
+            ..
+        } = r
+        else {
+            continue;
+        };
+        let Some(t) = image.topics.get(topic_id) else {
+            continue;
+        };
+        let Some(p) = usize::try_from(*partition)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+        else {
+            continue;
+        };
+        if *leader >= 0 && !p.isr.contains(leader) {
+            tracing::warn!(
+                topic = %t.name,
+                partition,
+                leader,
+                lost_isr = ?p.isr,
+                "unclean leader election: records only the lost ISR members had are gone"
+            );
         }
     }
 }

@@ -419,6 +419,32 @@ impl Controller {
         }
     }
 
+    /// The active controller's timer duty for `unclean.leader.election.enable` turned on
+    /// (for the broker or a topic) after a partition went offline: every leaderless
+    /// partition whose topic allows it and that has a live replica gets one, as Kafka's
+    /// controller does for offline partitions when the config changes.
+    pub fn unclean_elections(
+        &self,
+        config: &ControllerConfig,
+        image: &ClusterImage,
+    ) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for (id, t) in &image.topics {
+            if !unclean_allowed(config, t) {
+                continue;
+            }
+            for (i, p) in t.partitions.iter().enumerate() {
+                if p.leader != -1 {
+                    continue;
+                }
+                if let Ok(r) = self.elect(image, ElectionType::Unclean, *id, i as i32) {
+                    records.push(r);
+                }
+            }
+        }
+        records
+    }
+
     /// The partitions an automatic preferred-leader election should move back
     /// (`auto.leader.rebalance.enable`): of each live broker whose share of partitions it
     /// prefers but does not lead is above `imbalance_percent`, those it can lead now (in
@@ -1304,6 +1330,59 @@ mod tests {
             image.topics[&t.topic_id].partitions[0].leader, follower,
             "the old leader returns as a follower"
         );
+    }
+
+    #[test]
+    fn turning_unclean_election_on_brings_an_offline_partition_back() {
+        let (mut image, mut c) = cluster([None, None, None], [1, 1, 1]);
+        let t = new_topic("w", 8, 1, 2);
+        let r = c.create_topic(&CONFIG, &image, &t).unwrap();
+        commit(&mut image, r);
+        let p = image.topics[&t.topic_id].partitions[0].clone();
+        let follower = p.replicas[1];
+        let e_follower = image.brokers[&follower].epoch;
+        let e_leader = image.brokers[&p.leader].epoch;
+        // The follower leaves (the ISR is the leader alone), the leader goes too, and the
+        // follower comes back: not in the ISR, so offline with unclean election off.
+        for (b, e) in [(follower, e_follower), (p.leader, e_leader)] {
+            let r = c.controlled_shutdown(&CONFIG, &image, b, e).unwrap();
+            commit(&mut image, r);
+        }
+        let (r, _) = c
+            .heartbeat(&CONFIG, &image, follower, e_follower, true, 5)
+            .unwrap();
+        commit(&mut image, r);
+        assert_eq!(image.topics[&t.topic_id].partitions[0].leader, -1);
+        assert!(
+            c.unclean_elections(&CONFIG, &image).is_empty(),
+            "unclean election is off"
+        );
+        // A topic's own "false" overrides the broker's "true".
+        let broker_on = ControllerConfig {
+            unclean_leader_election: true,
+            ..CONFIG
+        };
+        let mut off = image.clone();
+        off.topics
+            .get_mut(&t.topic_id)
+            .unwrap()
+            .configs
+            .insert(UNCLEAN_LEADER_ELECTION.into(), "false".into());
+        assert!(c.unclean_elections(&broker_on, &off).is_empty());
+        assert_eq!(c.unclean_elections(&broker_on, &image).len(), 1);
+        // The topic turns it on: the live replica leads, alone in the ISR.
+        image
+            .topics
+            .get_mut(&t.topic_id)
+            .unwrap()
+            .configs
+            .insert(UNCLEAN_LEADER_ELECTION.into(), "true".into());
+        let r = c.unclean_elections(&CONFIG, &image);
+        assert_eq!(r.len(), 1, "{r:?}");
+        commit(&mut image, r);
+        let now = &image.topics[&t.topic_id].partitions[0];
+        assert_eq!((now.leader, now.isr.clone()), (follower, vec![follower]));
+        assert!(c.unclean_elections(&CONFIG, &image).is_empty(), "done once");
     }
 
     #[test]
